@@ -1,0 +1,104 @@
+"""Host arrays -> what the CPU kernels read: storage dtype and row geometry.
+
+Half-precision storage convention (``nbce.cpu._bits``): float16 words are
+passed as ``int16``, bfloat16 (``ml_dtypes.bfloat16``) words as ``uint16``;
+the kernels widen them to float32 in registers, so no float32 copy exists.
+"""
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# dtype name -> the integer view the kernels read
+_HALF_STORAGE = {"float16": np.int16, "bfloat16": np.uint16}
+_FLOAT_NAMES = ("float64", "float32", "float16", "bfloat16")
+
+
+def result_dtype(dtype):
+    """float64 for float64 input, float32 for every narrower float."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def as_float_array(values, name):
+    """``values`` as an ndarray of a supported float dtype (no copy when possible)."""
+    array = np.asarray(values)
+    if array.dtype.name not in _FLOAT_NAMES:
+        raise TypeError(
+            f"{name} must be a floating-point array (float64, float32, float16 or bfloat16), "
+            f"got dtype {array.dtype}"
+        )
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+def storage_view(array):
+    """The same memory with the dtype the kernels read (16-bit words for halves)."""
+    word = _HALF_STORAGE.get(array.dtype.name)
+    return array.view(word) if word is not None else array
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A strided operand seen as ``n_rows`` rows of ``length`` elements.
+
+    ``base`` is a read-only 1-D view spanning the operand's memory; ``geom`` is
+    ``[step, ndim, *batch_shape, *batch_strides]`` in elements (see
+    ``nbce.cpu.kernels``).  ``batch_shape`` is the shape without the row axis.
+    """
+
+    base: np.ndarray
+    geom: np.ndarray
+    batch_shape: tuple
+    length: int
+
+    @property
+    def n_rows(self):
+        return prod(self.batch_shape)
+
+
+def _coalesce(shape, strides):
+    """Drop unit dimensions and merge neighbours that are one in memory."""
+    dims = [(n, s) for n, s in zip(shape, strides) if n != 1]
+    merged = []
+    for n, s in dims:
+        if merged and merged[-1][1] == n * s:
+            merged[-1] = (merged[-1][0] * n, s)
+        else:
+            merged.append((n, s))
+    return [n for n, _ in merged], [s for _, s in merged]
+
+
+def as_rows(array, axis):
+    """Rows of ``array`` along ``axis`` without copying, for any strides.
+
+    Copies only arrays with negative strides or strides that are not a
+    multiple of the item size.
+    """
+    array = storage_view(array)
+    itemsize = array.itemsize
+    if any(s < 0 or s % itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    moved = np.moveaxis(array, axis, -1)
+    batch_shape = moved.shape[:-1]
+    length = moved.shape[-1]
+    element_strides = [s // itemsize for s in moved.strides]
+    shape, strides = _coalesce(batch_shape, element_strides[:-1])
+    step = element_strides[-1] if length > 1 else 1
+    if moved.size == 0:
+        base = np.empty(0, dtype=array.dtype)
+    else:
+        span = 1 + sum((n - 1) * s for n, s in zip(moved.shape, element_strides))
+        base = as_strided(moved, shape=(span,), strides=(itemsize,), writeable=False)
+    geom = np.array([step, len(shape), *shape, *strides], dtype=np.int64)
+    return Rows(base, geom, tuple(batch_shape), length)
+
+
+def normalize_axis(axis, ndim, name="logits"):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for {name} with {ndim} dimension(s)")
+    return int(axis) % ndim

@@ -1,0 +1,19 @@
+"""Compilation settings shared by every CPU kernel (one place, on purpose)."""
+
+# Fast-math flags for the streaming reductions.  Reassociation lets LLVM split
+# a sum over several vector accumulators and contraction lets it fuse
+# multiply-adds; together they buy vectorization.  "nnan" and "ninf" are left
+# out deliberately: -inf is a valid (masked) logit and NaN must propagate.
+FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+# Element-wise maths (the polynomial exp) is exact-rounding-sensitive: only
+# contraction into FMAs is allowed there, never reassociation.
+ELEMENTWISE_FASTMATH = frozenset({"contract"})
+
+# Elements per block of the blocked online log-sum-exp.  A block is read once
+# from memory for its max and re-read from L1 for its sum of exponentials, so
+# it must fit L1 with room to spare: 2048 float64 values are 16 KiB.
+BLOCK = 2048
+
+JIT_OPTIONS = dict(nogil=True, cache=True, fastmath=set(FASTMATH), error_model="numpy")
+PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)

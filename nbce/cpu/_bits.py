@@ -1,0 +1,169 @@
+"""Bit-level helpers, written as LLVM intrinsics so they vectorize.
+
+Numba's CPU target has no float16 type, so half-precision logits reach the
+kernels as raw 16-bit words.  The storage convention (set in ``nbce._arrays``):
+
+* IEEE float16 words travel as ``int16``;
+* bfloat16 words travel as ``uint16``.
+
+``widen`` turns a word (or a float) into the float type the kernels compute
+in: float32 for halves and float32, float64 for float64.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, overload
+
+
+def widen(value):  # pragma: no cover - replaced by the overload in compiled code
+    raise NotImplementedError
+
+
+@intrinsic
+def _fp16_word_to_float32(typingctx, word):
+    """float16 bits -> float32 (``fpext half``; F16C's vcvtph2ps on x86)."""
+    if word != types.int16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        half = builder.bitcast(args[0], ir.HalfType())
+        return builder.fpext(half, ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _bf16_word_to_float32(typingctx, word):
+    """bfloat16 bits are the high half of a float32: shift them into place."""
+    if word != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        wide = builder.zext(args[0], ir.IntType(32))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@overload(widen)
+def _widen_impl(value):
+    if value == types.int16:
+        return lambda value: _fp16_word_to_float32(value)
+    if value == types.uint16:
+        return lambda value: _bf16_word_to_float32(value)
+    if value in (types.float32, types.float64):
+        return lambda value: value
+    raise TypingError(f"nbce kernels cannot read {value}")
+
+
+def _float_and_int(fty):
+    width = fty.bitwidth
+    return (ir.FloatType() if width == 32 else ir.DoubleType()), ir.IntType(width)
+
+
+@intrinsic
+def order_key(typingctx, value):
+    """Map a float to a signed integer of the same width with the same order.
+
+    Integer max reductions vectorize without any NaN assumption, unlike a
+    compare-and-select on floats.  Non-negative floats keep their bits;
+    negative ones get their magnitude bits flipped.  The map is its own
+    inverse.  Positive NaNs sort above +inf, negative NaNs below -inf.
+    """
+    if value not in (types.float32, types.float64):
+        return None
+    ity = types.int32 if value == types.float32 else types.int64
+
+    def codegen(context, builder, sig, args):
+        _, irint = _float_and_int(value)
+        bits = builder.bitcast(args[0], irint)
+        sign = builder.ashr(bits, ir.Constant(irint, value.bitwidth - 1))
+        magnitude_mask = builder.lshr(sign, ir.Constant(irint, 1))
+        return builder.xor(bits, magnitude_mask)
+
+    return ity(value), codegen
+
+
+@intrinsic
+def key_to_float(typingctx, key, like):
+    """Inverse of ``order_key``; ``like`` only selects the float type."""
+    if like not in (types.float32, types.float64) or not isinstance(key, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        irfloat, irint = _float_and_int(like)
+        bits = args[0]
+        if key.bitwidth != like.bitwidth:
+            bits = builder.trunc(bits, irint) if key.bitwidth > like.bitwidth else builder.sext(bits, irint)
+        sign = builder.ashr(bits, ir.Constant(irint, like.bitwidth - 1))
+        restored = builder.xor(bits, builder.lshr(sign, ir.Constant(irint, 1)))
+        return builder.bitcast(restored, irfloat)
+
+    return like(key, like), codegen
+
+
+@intrinsic
+def scale_by_power_of_two(typingctx, mantissa, exponent):
+    """``mantissa * 2**exponent`` for an integral float ``exponent``.
+
+    2**n is built from exponent bits in two halves, (m * 2**(n//2)) * 2**(n - n//2),
+    so results down into the subnormal range and up to the largest finite
+    float are exact powers of two.  ``exponent`` must lie in
+    [-2*(bias+1), 2*bias]; callers clamp it.  Plain (non-fast) multiplies:
+    reassociating them would underflow or overflow the scale factor.
+    """
+    if mantissa not in (types.float32, types.float64) or exponent != mantissa:
+        return None
+    width = mantissa.bitwidth
+    mantissa_bits, bias = (23, 127) if width == 32 else (52, 1023)
+
+    def codegen(context, builder, sig, args):
+        irfloat, irint = _float_and_int(mantissa)
+        m, e = args
+        n = builder.fptosi(e, irint)
+        n1 = builder.ashr(n, ir.Constant(irint, 1))
+        n2 = builder.sub(n, n1)
+
+        def power(k):
+            biased = builder.add(k, ir.Constant(irint, bias))
+            return builder.bitcast(builder.shl(biased, ir.Constant(irint, mantissa_bits)), irfloat)
+
+        return builder.fmul(builder.fmul(m, power(n1)), power(n2))
+
+    return mantissa(mantissa, exponent), codegen
+
+
+@intrinsic
+def biased_exponent_to_power_of_two(typingctx, shifted):
+    """2**n from a float whose low mantissa bits hold the biased exponent n + bias.
+
+    Shifting the bits left by the mantissa width moves them into the exponent
+    field and pushes everything above out of the word.  Valid for n + bias in
+    [1, 2*bias]: callers clamp.
+    """
+    if shifted not in (types.float32, types.float64):
+        return None
+    mantissa_bits = 23 if shifted.bitwidth == 32 else 52
+
+    def codegen(context, builder, sig, args):
+        irfloat, irint = _float_and_int(shifted)
+        bits = builder.bitcast(args[0], irint)
+        return builder.bitcast(builder.shl(bits, ir.Constant(irint, mantissa_bits)), irfloat)
+
+    return shifted(shifted), codegen
+
+
+def cast_like(value, like):  # pragma: no cover - replaced by the overload in compiled code
+    """``value`` converted to the float type of ``like``."""
+    raise NotImplementedError
+
+
+@overload(cast_like)
+def _cast_like_impl(value, like):
+    if like == types.float32:
+        return lambda value, like: np.float32(value)
+    if like == types.float64:
+        return lambda value, like: np.float64(value)
+    raise TypingError(f"cast_like: expected a float32 or float64 model, got {like}")

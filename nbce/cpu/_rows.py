@@ -1,0 +1,144 @@
+"""Per-row building blocks of the CPU kernels (serial, one thread per row).
+
+A *row* is the vector of one sample's class scores.  Rows reach these helpers
+as contiguous 1-D arrays of float64, float32 or 16-bit words (see
+``_bits.widen``).  The log-sum-exp is streamed block by block:
+
+    block max  b = max_j x_j                          (integer-key max: vectorizes)
+    shift      c = b if b is finite else 0, updated only when b grows
+    rescale    s <- s * exp(c_old - c)                (scalar, once per block)
+    accumulate s <- s + sum_j exp(x_j - c)            (vector exp; block re-read from L1)
+
+    logsumexp(x) = c + log(s)
+
+Block sums run in the compute type (float32 for float32 and half inputs) over
+at most ``BLOCK`` terms each no larger than 1; blocks are merged in float64,
+so the rounding error does not grow with the row length.  -inf entries add
+exactly 0, a +inf entry makes the result +inf, a NaN makes it NaN.
+"""
+
+import numpy as np
+from numba import njit
+
+from .._config import BLOCK, JIT_OPTIONS
+from ._bits import cast_like, key_to_float, order_key, widen
+from ._exp import exp_term
+
+# input_type codes shared with nbce._arrays
+LOGITS, LOG_PROBS, PROBS = 0, 1, 2
+# PyTorch clamps log-probabilities computed from probabilities at -100.
+LOG_CLAMP = -100.0
+
+
+@njit(**JIT_OPTIONS)
+def _block_extrema(block):
+    """(max, min) of a block through order keys; a NaN shows as a NaN max or min."""
+    first = widen(block[0])
+    high = order_key(first)
+    low = high
+    for j in range(block.size):
+        k = order_key(widen(block[j]))
+        high = k if k > high else high
+        low = k if k < low else low
+    return key_to_float(high, first), key_to_float(low, first)
+
+
+@njit(**JIT_OPTIONS)
+def _block_sum_exp(block, shift):
+    total = cast_like(0.0, shift)
+    for j in range(block.size):
+        total += exp_term(widen(block[j]) - shift)
+    return total
+
+
+@njit(**JIT_OPTIONS)
+def _block_sum_exp_entropy(block, shift):
+    """(sum_j e_j, sum_j e_j * d_j) with d_j = x_j - shift, e_j = exp(d_j), 0*(-inf) = 0."""
+    zero = cast_like(0.0, shift)
+    total = zero
+    moment = zero
+    for j in range(block.size):
+        d = widen(block[j]) - shift
+        e = exp_term(d)
+        total += e
+        moment += e * d if e > zero else zero
+    return total, moment
+
+
+@njit(**JIT_OPTIONS)
+def softmax_stats(row, with_entropy):
+    """Stream one row: return (logsumexp, entropy) in float64.
+
+    entropy = -sum_j p_j log p_j = log(s) - t/s with t = sum_j e_j (x_j - c);
+    it is only accumulated (and only meaningful) when ``with_entropy``.
+    A NaN anywhere gives (nan, nan); a +inf gives (inf, nan).
+    """
+    shift = 0.0
+    running_max = -np.inf
+    total = 0.0
+    moment = 0.0
+    for lo in range(0, row.size, BLOCK):
+        # Index loops from 0 over a slice: a loop from `lo` makes numba
+        # guard every index against wraparound, which defeats vectorization.
+        block = row[lo:lo + BLOCK]
+        block_max, block_min = _block_extrema(block)
+        if block_max != block_max or block_min != block_min:
+            return np.nan, np.nan
+        new_max = np.float64(block_max)
+        if new_max > running_max:
+            new_shift = new_max if np.isfinite(new_max) else 0.0
+            if total != 0.0:
+                delta = shift - new_shift
+                scale = np.exp(delta)
+                moment = scale * (moment + total * delta)
+                total *= scale
+            running_max = new_max
+            shift = new_shift
+        block_shift = cast_like(shift, block_max)
+        if with_entropy:
+            s, t = _block_sum_exp_entropy(block, block_shift)
+            moment += np.float64(t)
+        else:
+            s = _block_sum_exp(block, block_shift)
+        total += np.float64(s)
+    if running_max == np.inf:
+        return np.inf, np.nan
+    log_total = np.log(total)
+    return shift + log_total, log_total - moment / total
+
+
+@njit(**JIT_OPTIONS)
+def log_prob(value, lse, input_type):
+    """log p of one entry, given the row's logsumexp (used for logits only)."""
+    x = np.float64(value)
+    if input_type == LOGITS:
+        return x - lse
+    if input_type == LOG_PROBS:
+        return x
+    lp = np.log(x)
+    return LOG_CLAMP if lp < LOG_CLAMP else lp  # NaN stays NaN
+
+
+@njit(**JIT_OPTIONS)
+def weighted_log_prob_sum(row, coef, lse, input_type):
+    """sum_j coef[j] * log p_j; terms with coef[j] == 0 contribute 0 (0 * log 0 = 0)."""
+    total = 0.0
+    for j in range(row.size):
+        c = coef[j]
+        if c != 0.0:
+            total += c * log_prob(widen(row[j]), lse, input_type)
+    return total
+
+
+@njit(**JIT_OPTIONS)
+def soft_target_sum(row, target, t_offset, t_step, weight, smoothing, lse, input_type):
+    """sum_j w_j y'_j log p_j with y'_j = (1 - eps) y_j + eps / C; zero coefficients add 0."""
+    n = row.size
+    uniform = smoothing / n
+    keep = 1.0 - smoothing
+    total = 0.0
+    for j in range(n):
+        c = weight[j] * (keep * np.float64(widen(target[t_offset + j * t_step])) + uniform)
+        if c != 0.0:
+            total += c * log_prob(widen(row[j]), lse, input_type)
+    return total

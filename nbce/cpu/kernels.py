@@ -1,0 +1,158 @@
+"""The CPU kernels: ``prange`` over rows, one serial streaming pass per row.
+
+Every strided operand arrives as ``(base, geom)``: ``base`` is a 1-D,
+contiguous view spanning the operand's memory and ``geom`` an int64 array
+``[step, ndim, *batch_shape, *batch_strides]`` (strides in elements) that
+locates row ``r`` (row-major over the batch dimensions) at
+``base[offset(r) + j*step]``.  Arbitrary batch strides therefore cost no copy;
+a non-unit class stride costs a per-row gather into a small buffer.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from ._bits import widen
+from ._exp import vexp
+from ._rows import (
+    LOG_CLAMP,
+    LOGITS,
+    log_prob,
+    soft_target_sum,
+    softmax_stats,
+    weighted_log_prob_sum,
+)
+
+
+@njit(**JIT_OPTIONS)
+def row_offset(geom, r):
+    r = np.int64(r)  # prange indices may be unsigned; keep the arithmetic signed
+    ndim = geom[1]
+    offset = 0
+    for d in range(ndim - 1, -1, -1):
+        size = geom[2 + d]
+        q = r // size
+        offset += (r - q * size) * geom[2 + ndim + d]
+        r = q
+    return offset
+
+
+@njit(**JIT_OPTIONS)
+def load_row(base, geom, n, r):
+    """Row ``r`` as a contiguous array: a view for unit class stride, else a gathered copy."""
+    start = row_offset(geom, r)
+    step = geom[0]
+    if step == 1:
+        return base[start:start + n]
+    row = np.empty(n, base.dtype)
+    for j in range(n):
+        row[j] = base[start + j * step]
+    return row
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out):
+    """Per row: logsumexp, and the softmax entropy when ``with_entropy``."""
+    for r in prange(lse_out.size):
+        lse, entropy = softmax_stats(load_row(base, geom, n_classes, r), with_entropy)
+        lse_out[r] = lse
+        entropy_out[r] = entropy
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def normalize_rows(base, geom, exponentiate, out):
+    """out[r] = x_r - logsumexp(x_r), or its exp; evaluated in float64, then rounded."""
+    n_classes = out.shape[1]
+    for r in prange(out.shape[0]):
+        row = load_row(base, geom, n_classes, r)
+        lse = softmax_stats(row, False)[0]
+        dst = out[r]
+        if exponentiate:
+            for j in range(n_classes):
+                dst[j] = vexp(np.float64(widen(row[j])) - lse)
+        else:
+            for j in range(n_classes):
+                dst[j] = np.float64(widen(row[j])) - lse
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smoothing, input_type,
+                     loss_out, weight_out):
+    """Cross-entropy with class-index targets, PyTorch's formula per row:
+
+    loss_r = -(1 - eps) w[t_r] log p_r[t_r] - (eps / C) sum_c w[c] log p_r[c]
+
+    ``weight_out[r] = w[t_r]`` (the mean's denominator); ignored rows are not
+    read and give 0 in both.
+    """
+    keep = 1.0 - smoothing
+    spread = smoothing / n_classes
+    for r in prange(loss_out.size):
+        t = target[r]
+        if t == ignore_index:
+            loss_out[r] = 0.0
+            weight_out[r] = 0.0
+            continue
+        row = load_row(base, geom, n_classes, r)
+        lse = softmax_stats(row, False)[0] if input_type == LOGITS else 0.0
+        w = weight[t]
+        loss = -keep * w * log_prob(widen(row[t]), lse, input_type)
+        if smoothing > 0.0:
+            loss -= spread * weighted_log_prob_sum(row, weight, lse, input_type)
+        loss_out[r] = loss
+        weight_out[r] = w
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, input_type, loss_out):
+    """Cross-entropy with class probabilities: loss_r = -sum_c w[c] y'_rc log p_rc."""
+    t_step = t_geom[0]
+    for r in prange(loss_out.size):
+        row = load_row(base, geom, n_classes, r)
+        lse = softmax_stats(row, False)[0] if input_type == LOGITS else 0.0
+        loss_out[r] = -soft_target_sum(row, t_base, row_offset(t_geom, r), t_step, weight, smoothing,
+                                       lse, input_type)
+
+
+@njit(**JIT_OPTIONS)
+def _clamped_log(x):
+    lp = np.log(x)
+    return LOG_CLAMP if lp < LOG_CLAMP else lp
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def binary_rows(from_logits, length, x_base, x_geom, y_base, y_geom, w_base, w_geom, pw_base, pw_geom,
+                elementwise_out, row_sum_out, bad_out):
+    """Binary cross-entropy, element by element, over rows of the last axis.
+
+    probabilities: l = -w (y max(log p, -100) + (1 - y) max(log(1 - p), -100))
+    logits:        l = w ((1 - y) x + (1 + (pw - 1) y) (log1p(exp(-|x|)) + max(-x, 0)))
+
+    Writes ``elementwise_out`` when it has rows, always the per-row sums, and
+    counts probabilities outside [0, 1] per row in ``bad_out``.
+    """
+    store = elementwise_out.shape[0] > 0
+    for r in prange(row_sum_out.size):
+        xo, xs = row_offset(x_geom, r), x_geom[0]
+        yo, ys = row_offset(y_geom, r), y_geom[0]
+        wo, ws = row_offset(w_geom, r), w_geom[0]
+        po, ps = row_offset(pw_geom, r), pw_geom[0]
+        total = 0.0
+        bad = 0
+        for j in range(length):
+            x = np.float64(widen(x_base[xo + j * xs]))
+            y = np.float64(widen(y_base[yo + j * ys]))
+            w = np.float64(widen(w_base[wo + j * ws]))
+            if from_logits:
+                pw = np.float64(widen(pw_base[po + j * ps]))
+                softplus = np.log1p(np.exp(-abs(x))) + max(-x, 0.0)
+                loss = w * ((1.0 - y) * x + (1.0 + (pw - 1.0) * y) * softplus)
+            else:
+                if x < 0.0 or x > 1.0:
+                    bad += 1
+                loss = -w * (y * _clamped_log(x) + (1.0 - y) * _clamped_log(1.0 - x))
+            if store:
+                elementwise_out[r, j] = loss
+            total += loss
+        row_sum_out[r] = total
+        bad_out[r] = bad
