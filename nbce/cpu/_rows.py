@@ -45,24 +45,39 @@ def _block_extrema(block):
 
 @njit(**JIT_OPTIONS)
 def _block_sum_exp(block, shift):
-    total = cast_like(0.0, shift)
+    """sum_j exp(x_j - shift) as (count of terms equal to 1, sum of the others).
+
+    The terms exp(0) = 1 (the row maximum) are counted, not added: a float32
+    sum holding a 1 keeps only ~1e-7 of the rest, and for a confident
+    prediction that rest *is* the loss (log(1 + rest) ~ rest).
+    """
+    zero = cast_like(0.0, shift)
+    one = cast_like(1.0, shift)
+    rest = zero
+    ones = zero
     for j in range(block.size):
-        total += exp_term(widen(block[j]) - shift)
-    return total
+        d = widen(block[j]) - shift
+        e = exp_term(d)
+        rest += e if d != zero else zero
+        ones += one if d == zero else zero
+    return ones, rest
 
 
 @njit(**JIT_OPTIONS)
 def _block_sum_exp_entropy(block, shift):
-    """(sum_j e_j, sum_j e_j * d_j) with d_j = x_j - shift, e_j = exp(d_j), 0*(-inf) = 0."""
+    """``_block_sum_exp`` plus sum_j e_j * d_j with d_j = x_j - shift (0 * -inf = 0)."""
     zero = cast_like(0.0, shift)
-    total = zero
+    one = cast_like(1.0, shift)
+    rest = zero
+    ones = zero
     moment = zero
     for j in range(block.size):
         d = widen(block[j]) - shift
         e = exp_term(d)
-        total += e
+        rest += e if d != zero else zero
+        ones += one if d == zero else zero
         moment += e * d if e > zero else zero
-    return total, moment
+    return ones, rest, moment
 
 
 @njit(**JIT_OPTIONS)
@@ -96,11 +111,11 @@ def softmax_stats(row, with_entropy):
             shift = new_shift
         block_shift = cast_like(shift, block_max)
         if with_entropy:
-            s, t = _block_sum_exp_entropy(block, block_shift)
+            ones, rest, t = _block_sum_exp_entropy(block, block_shift)
             moment += np.float64(t)
         else:
-            s = _block_sum_exp(block, block_shift)
-        total += np.float64(s)
+            ones, rest = _block_sum_exp(block, block_shift)
+        total += np.float64(ones) + np.float64(rest)
     if running_max == np.inf:
         return np.inf, np.nan
     log_total = np.log(total)

@@ -1,0 +1,50 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+# JIT compilation makes first examples slow: no per-example deadline.
+settings.register_profile("nbce", deadline=None, max_examples=60, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nbce"))
+
+try:
+    import ml_dtypes
+except ImportError:  # bfloat16 tests need the bf16 extra
+    ml_dtypes = None
+
+FLOAT_DTYPES = ["float64", "float32", "float16", "bfloat16"]
+
+# (rtol, atol) of a result against the float64 reference computed from the
+# same input values.  float64: exp within 1 ulp, float64 sums.  Narrower
+# inputs: float32 block sums (relative error ~1e-6 in the sum, i.e. ~1e-6
+# nats absolute in a log) and a float32 result.
+TOLERANCES = {
+    "float64": (1e-12, 1e-12),
+    "float32": (1e-5, 1e-5),
+    "float16": (1e-5, 1e-5),
+    "bfloat16": (1e-5, 1e-5),
+}
+
+
+def np_dtype(name):
+    if name == "bfloat16":
+        if ml_dtypes is None:
+            pytest.skip("bfloat16 needs ml_dtypes")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def make_logits(rng, shape, dtype, scale=3.0):
+    """Random logits already rounded to ``dtype`` (the reference sees the same values)."""
+    return (rng.standard_normal(shape) * scale).astype(np_dtype(dtype))
+
+
+def assert_close(actual, expected, dtype):
+    rtol, atol = TOLERANCES[dtype]
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=atol)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,102 @@
+"""Float64 NumPy references: the straightforward formulas, full-size temporaries allowed.
+
+These are the oracle of the test suite (and of the benchmarks' result checks);
+they share no code with nbce.
+"""
+
+import numpy as np
+
+
+def f64(x):
+    return np.asarray(x).astype(np.float64)
+
+
+def logsumexp(x, axis=-1):
+    x = f64(x)
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.squeeze(np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    with np.errstate(invalid="ignore"):
+        return f64(x) - np.expand_dims(logsumexp(x, axis), axis)
+
+
+def softmax(x, axis=-1):
+    with np.errstate(invalid="ignore"):
+        return np.exp(log_softmax(x, axis))
+
+
+def entropy(x, axis=-1):
+    p = softmax(x, axis)
+    lp = log_softmax(x, axis)
+    with np.errstate(invalid="ignore"):
+        return -np.sum(np.where(p > 0, p * lp, 0.0), axis=axis)
+
+
+def log_probs(x, axis, input_type):
+    if input_type == "logits":
+        return log_softmax(x, axis)
+    if input_type == "log_probs":
+        return f64(x)
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(f64(x)), -100.0)
+
+
+def cross_entropy(x, target, axis=-1, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, input_type="logits"):
+    x = f64(x)
+    axis = axis % x.ndim
+    n_classes = x.shape[axis]
+    lp = np.moveaxis(log_probs(x, axis, input_type), axis, -1)  # (..., C)
+    w = np.ones(n_classes) if weight is None else f64(weight)
+    eps = label_smoothing
+    target = np.asarray(target)
+    with np.errstate(invalid="ignore"):
+        if target.dtype.kind in "iu":
+            t = target.astype(np.int64)
+            ignored = t == ignore_index
+            safe = np.where(ignored, 0, t)
+            lp_t = np.take_along_axis(lp, safe[..., None], axis=-1)[..., 0]
+            w_t = np.where(ignored, 0.0, w[safe])
+            smooth = np.sum(np.where(w != 0, w * lp, 0.0), axis=-1)
+            loss = -(1 - eps) * w_t * lp_t - eps / n_classes * smooth
+            loss = np.where(ignored, 0.0, loss)
+            denominator = w_t.sum()
+        else:
+            y = np.moveaxis(f64(target), axis, -1)
+            a = w * ((1 - eps) * y + eps / n_classes)
+            loss = -np.sum(np.where(a != 0, a * lp, 0.0), axis=-1)
+            denominator = loss.size
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return loss.sum()
+        return loss.sum() / denominator if denominator else np.float64(np.nan)
+
+
+def binary_cross_entropy(p, y, weight=None, reduction="mean"):
+    p, y = f64(p), f64(y)
+    w = 1.0 if weight is None else f64(weight)
+    with np.errstate(divide="ignore"):
+        loss = -w * (y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log(1 - p), -100))
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(x, y, weight=None, pos_weight=None, reduction="mean"):
+    x, y = f64(x), f64(y)
+    w = 1.0 if weight is None else f64(weight)
+    pw = 1.0 if pos_weight is None else f64(pos_weight)
+    # -[pw y log sigmoid(x) + (1 - y) log sigmoid(-x)], log sigmoid(x) = -logaddexp(0, -x)
+    loss = w * (pw * y * np.logaddexp(0.0, -x) + (1 - y) * np.logaddexp(0.0, x))
+    return _reduce(loss, reduction)
+
+
+def _reduce(loss, reduction):
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean() if loss.size else np.float64(np.nan)
