@@ -55,15 +55,19 @@ def out_of_range_targets(target, n_classes, ignore_index):
     return (target != ignore_index) & ((target < 0) | (target >= n_classes))
 
 
+def _index(position):
+    return "[" + ", ".join(str(int(i)) for i in position) + "]"
+
+
 def raise_bad_target(position, value, n_classes, ignore_index):
     raise ValueError(
-        f"target{list(position)} = {value} is not a class index: expected 0 <= target < {n_classes} "
+        f"target{_index(position)} = {int(value)} is not a class index: expected 0 <= target < {n_classes} "
         f"or target == ignore_index ({ignore_index})"
     )
 
 
 def raise_bad_probability(position, value):
     raise ValueError(
-        f"probs{list(position)} = {value} is not a probability: binary_cross_entropy expects "
+        f"probs{_index(position)} = {float(value)} is not a probability: binary_cross_entropy expects "
         "values in [0, 1] (use binary_cross_entropy_with_logits for scores)"
     )

@@ -36,13 +36,17 @@ def _scores(values, axis, name="logits"):
 
 
 def _reduce(loss, reduction, dtype, batch_shape, denominator):
-    """Apply ``reduction`` to per-row float64 losses; the mean divides by ``denominator``."""
-    if reduction == "none":
-        return loss.reshape(batch_shape).astype(dtype, copy=False)
-    total = np.sum(loss)
-    if reduction == "sum":
-        return dtype.type(total)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    """Apply ``reduction`` to per-row float64 losses; the mean divides by ``denominator``.
+
+    A float64 value beyond the result dtype's range rounds to inf, as float32
+    arithmetic would have given.
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if reduction == "none":
+            return loss.reshape(batch_shape).astype(dtype, copy=False)
+        total = np.sum(loss)
+        if reduction == "sum":
+            return dtype.type(total)
         return dtype.type(np.float64(total) / np.float64(denominator))
 
 

@@ -1,0 +1,79 @@
+"""binary_cross_entropy and binary_cross_entropy_with_logits against the reference."""
+
+import numpy as np
+import pytest
+
+import nbce
+from conftest import assert_close, make_logits, np_dtype
+import reference as ref
+
+REDUCTIONS = ["none", "mean", "sum"]
+SHAPES = [(0,), (1,), (17,), (6, 5), (3, 4, 7), (2, 5000)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_probabilities(shape, reduction, dtype, rng):
+    p = rng.random(shape).astype(np_dtype(dtype))
+    y = rng.random(shape).astype(np_dtype(dtype))
+    got = nbce.binary_cross_entropy(p, y, reduction=reduction)
+    assert_close(got, ref.binary_cross_entropy(p, y, reduction=reduction), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_logits(shape, reduction, dtype, rng):
+    x = make_logits(rng, shape, dtype, scale=4.0)
+    y = (rng.random(shape) < 0.5).astype(np_dtype(dtype))
+    got = nbce.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+    assert_close(got, ref.binary_cross_entropy_with_logits(x, y, reduction=reduction), dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_weights_broadcast(reduction, rng):
+    x = make_logits(rng, (8, 6), "float64")
+    y = rng.random((8, 6))
+    weight = rng.random((8, 1))
+    pos_weight = rng.random(6) * 3
+    got = nbce.binary_cross_entropy_with_logits(x, y, weight=weight, pos_weight=pos_weight, reduction=reduction)
+    expected = ref.binary_cross_entropy_with_logits(x, y, weight=weight, pos_weight=pos_weight, reduction=reduction)
+    assert_close(got, expected, "float64")
+    p = 1 / (1 + np.exp(-x))
+    assert_close(nbce.binary_cross_entropy(p, y, weight=weight, reduction=reduction),
+                 ref.binary_cross_entropy(p, y, weight=weight, reduction=reduction), "float64")
+
+
+def test_logits_stable_at_huge_magnitudes():
+    x = np.array([1e4, -1e4, 1e6, -1e6, 3e38, -3e38, 0.0], np.float32)
+    y = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.5], np.float32)
+    got = nbce.binary_cross_entropy_with_logits(x, y, reduction="none")
+    np.testing.assert_allclose(got, [1e4, 1e4, 0.0, 0.0, 3e38, 3e38, np.log(2)], rtol=1e-6)
+
+
+def test_probability_log_is_clamped_at_minus_100():
+    p = np.array([0.0, 1.0, 0.0, 1.0])
+    y = np.array([1.0, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(nbce.binary_cross_entropy(p, y, reduction="none"), [100.0, 100.0, 0.0, 0.0])
+
+
+def test_zero_dimensional_inputs():
+    assert_close(nbce.binary_cross_entropy(np.float64(0.3), np.float64(1.0)), -np.log(0.3), "float64")
+    got = nbce.binary_cross_entropy_with_logits(np.float64(2.0), np.float64(0.0), reduction="none")
+    assert np.shape(got) == ()
+    assert_close(got, np.log1p(np.exp(2.0)), "float64")
+
+
+def test_nan_propagates(rng):
+    x = np.array([0.5, np.nan, 0.2])
+    y = np.array([1.0, 1.0, 0.0])
+    out = nbce.binary_cross_entropy(x, y, reduction="none")
+    assert np.isnan(out[1]) and np.isfinite(out[[0, 2]]).all()
+    assert np.isnan(nbce.binary_cross_entropy_with_logits(x, y))
+
+
+def test_strided_inputs(rng):
+    x = make_logits(rng, (10, 12), "float32")[::2, ::3]
+    y = rng.random((10, 12)).astype(np.float32)[1::2, ::3]
+    assert_close(nbce.binary_cross_entropy_with_logits(x, y), ref.binary_cross_entropy_with_logits(x, y), "float32")

@@ -1,0 +1,116 @@
+"""The same calls through torch.nn.functional (CPU): semantics, not just formulas."""
+
+import numpy as np
+import pytest
+
+import nbce
+from conftest import make_logits
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=2e-5, atol=2e-5)}
+
+
+def t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def close(ours, theirs, dtype):
+    np.testing.assert_allclose(np.asarray(ours, np.float64), theirs.double().numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.15])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_class_index_targets(dtype, reduction, weighted, smoothing, ignore, rng):
+    x = make_logits(rng, (50, 9), np.dtype(dtype).name)
+    target = rng.integers(0, 9, 50)
+    if ignore:
+        target[rng.random(50) < 0.3] = 4 if weighted else -100
+    ignore_index = 4 if (ignore and weighted) else -100
+    weight = (rng.random(9) + 0.2).astype(dtype) if weighted else None
+    ours = nbce.cross_entropy(x, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                              label_smoothing=smoothing)
+    theirs = F.cross_entropy(t(x), t(target), weight=None if weight is None else t(weight),
+                             ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
+    close(ours, theirs, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_soft_targets_with_class_axis_1(reduction, weighted, smoothing, rng):
+    x = make_logits(rng, (4, 7, 3, 2), "float64")
+    y = rng.random((4, 7, 3, 2))
+    y /= y.sum(axis=1, keepdims=True)
+    weight = rng.random(7) + 0.1 if weighted else None
+    ours = nbce.cross_entropy(x, y, axis=1, weight=weight, reduction=reduction, label_smoothing=smoothing)
+    theirs = F.cross_entropy(t(x), t(y), weight=None if weight is None else t(weight), reduction=reduction,
+                             label_smoothing=smoothing)
+    close(ours, theirs, np.float64)
+
+
+def test_spatial_class_index_targets(rng):
+    x = make_logits(rng, (2, 5, 4, 3), "float32")
+    target = rng.integers(0, 5, (2, 4, 3))
+    target[0, 1, 1] = -100
+    for reduction in ["none", "mean"]:
+        close(nbce.cross_entropy(x, target, axis=1, reduction=reduction, label_smoothing=0.1),
+              F.cross_entropy(t(x), t(target), reduction=reduction, label_smoothing=0.1), np.float32)
+
+
+def test_nll_of_log_probs(rng):
+    x = make_logits(rng, (20, 6), "float64")
+    logp = F.log_softmax(t(x), dim=1)
+    target = rng.integers(0, 6, 20)
+    weight = rng.random(6) + 0.5
+    close(nbce.cross_entropy(logp.numpy(), target, input_type="log_probs", weight=weight),
+          F.nll_loss(logp, t(target), weight=t(weight)), np.float64)
+
+
+def test_all_ignored_matches_torch_nan(rng):
+    x = make_logits(rng, (3, 4), "float32")
+    target = np.full(3, -100)
+    assert np.isnan(nbce.cross_entropy(x, target)) and torch.isnan(F.cross_entropy(t(x), t(target)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_family(dtype, rng):
+    x = make_logits(rng, (6, 40, 3), np.dtype(dtype).name)
+    close(nbce.logsumexp(x, axis=1), torch.logsumexp(t(x), dim=1), dtype)
+    close(nbce.log_softmax(x, axis=1), F.log_softmax(t(x), dim=1), dtype)
+    close(nbce.softmax(x, axis=1), F.softmax(t(x), dim=1), dtype)
+    entropy = torch.distributions.Categorical(logits=t(np.moveaxis(x, 1, -1))).entropy()
+    close(nbce.entropy(x, axis=1), entropy, dtype)
+
+
+def test_logsumexp_infinities_match_torch():
+    x = np.array([[-np.inf, -np.inf], [np.inf, 1.0], [np.nan, 1.0], [-np.inf, 2.0]])
+    np.testing.assert_array_equal(nbce.logsumexp(x), torch.logsumexp(t(x), dim=1).numpy())
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_binary(reduction, rng):
+    x = make_logits(rng, (10, 4), "float64", scale=6.0)
+    y = rng.random((10, 4))
+    w = rng.random((10, 1))
+    pw = rng.random(4) * 2
+    close(nbce.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw, reduction=reduction),
+          F.binary_cross_entropy_with_logits(t(x), t(y), weight=t(w), pos_weight=t(pw), reduction=reduction),
+          np.float64)
+    p = 1 / (1 + np.exp(-x))
+    p[0, 0], p[1, 1] = 0.0, 1.0
+    close(nbce.binary_cross_entropy(p, y, weight=w, reduction=reduction),
+          F.binary_cross_entropy(t(p), t(y), weight=t(w), reduction=reduction), np.float64)
+
+
+def test_bfloat16_logits(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x32 = make_logits(rng, (16, 300), "float32")
+    xb = x32.astype(ml_dtypes.bfloat16)
+    target = rng.integers(0, 300, 16)
+    theirs = F.cross_entropy(torch.from_numpy(xb.astype(np.float32)).to(torch.bfloat16).double(), t(target))
+    close(nbce.cross_entropy(xb, target), theirs, np.float32)
