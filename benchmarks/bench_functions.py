@@ -1,0 +1,55 @@
+"""The other public functions, on one LLM-sized shape."""
+
+import numpy as np
+
+import nbce
+
+from ._cases import make_inputs
+
+
+class Functions:
+    params = [["logsumexp", "log_softmax", "softmax", "entropy", "smoothed_cross_entropy",
+               "soft_target_cross_entropy", "binary_with_logits"]]
+    param_names = ["function"]
+
+    def setup(self, function):
+        x, t = make_inputs((1024, 32000), "float32")
+        calls = {
+            "logsumexp": lambda: nbce.logsumexp(x),
+            "log_softmax": lambda: nbce.log_softmax(x),
+            "softmax": lambda: nbce.softmax(x),
+            "entropy": lambda: nbce.entropy(x),
+            "smoothed_cross_entropy": lambda: nbce.cross_entropy(x, t, label_smoothing=0.1),
+            "soft_target_cross_entropy": lambda: nbce.cross_entropy(x, self.y),
+            "binary_with_logits": lambda: nbce.binary_cross_entropy_with_logits(x, self.y),
+        }
+        self.y = np.full_like(x, 1.0 / x.shape[1]) if "soft" in function or "binary" in function else None
+        self.run = calls[function]
+        self.run()
+
+    def time_function(self, function):
+        self.run()
+
+
+class ClassAxisLayouts:
+    """PyTorch's (N, C, L) layout and a strided slice, against the contiguous (N, C) case."""
+
+    params = [["contiguous", "axis1_NCL", "column_slice"]]
+    param_names = ["layout"]
+
+    def setup(self, layout):
+        x, t = make_inputs((2048, 8000), "float32")
+        if layout == "axis1_NCL":
+            x = np.ascontiguousarray(x.reshape(64, 32, 8000).transpose(0, 2, 1))  # (64, 8000, 32)
+            t = t.reshape(64, 32)
+            self.run = lambda: nbce.cross_entropy(x, t, axis=1)
+        elif layout == "column_slice":
+            v = x[:, : x.shape[1] - 7]
+            t = t % v.shape[1]
+            self.run = lambda: nbce.cross_entropy(v, t)
+        else:
+            self.run = lambda: nbce.cross_entropy(x, t)
+        self.run()
+
+    def time_layout(self, layout):
+        self.run()
