@@ -167,3 +167,4 @@ def _cast_like_impl(value, like):
     if like == types.float64:
         return lambda value, like: np.float64(value)
     raise TypingError(f"cast_like: expected a float32 or float64 model, got {like}")
+

@@ -37,9 +37,10 @@ def _make_exp(dtype, degree, lowest, highest, hi_bits, full_range):
 
     ``full_range=True``: IEEE behaviour everywhere (subnormal results, inf, nan).
     ``full_range=False``: the cheaper summand of a log-sum-exp, for arguments
-    of a row minus its maximum: results below the normal range flush to 0
-    (they cannot change a sum that holds a 1), arguments above ``highest``
-    are clamped, and NaN is *not* propagated (the max pass detects it).
+    x <= ``highest`` (a row minus its maximum is <= 0): results below the
+    normal range flush to 0 (they cannot change a sum that holds a 1), larger
+    arguments give meaningless values, and NaN is *not* propagated (the
+    max pass detects NaN and +inf before any sum).
     """
     ln2_hi, ln2_lo = _split_ln2(dtype, hi_bits)
     log2e = dtype(1 / math.log(2))
@@ -58,8 +59,8 @@ def _make_exp(dtype, degree, lowest, highest, hi_bits, full_range):
     def exp_kernel(x):
         # Clamp first (NaN lands on `lo`) so the integer part stays in range.
         xc = x if x > lo else lo
-        xc = xc if xc < hi else hi
         if full_range:
+            xc = xc if xc < hi else hi
             n = np.rint(xc * log2e)
         else:
             shifted = xc * log2e + shifter

@@ -45,11 +45,20 @@ def _block_extrema(block):
 
 @njit(**JIT_OPTIONS)
 def _block_sum_exp(block, shift):
+    """sum_j exp(x_j - shift) for a block whose maximum is below ``shift``."""
+    total = cast_like(0.0, shift)
+    for j in range(block.size):
+        total += exp_term(widen(block[j]) - shift)
+    return total
+
+
+@njit(**JIT_OPTIONS)
+def _block_sum_exp_split(block, shift):
     """sum_j exp(x_j - shift) as (count of terms equal to 1, sum of the others).
 
-    The terms exp(0) = 1 (the row maximum) are counted, not added: a float32
-    sum holding a 1 keeps only ~1e-7 of the rest, and for a confident
-    prediction that rest *is* the loss (log(1 + rest) ~ rest).
+    For the block holding the row maximum: its terms exp(0) = 1 are counted,
+    not added.  A float32 sum holding a 1 keeps only ~1e-7 of the rest, and
+    for a confident prediction that rest *is* the loss (log(1 + rest) ~ rest).
     """
     zero = cast_like(0.0, shift)
     one = cast_like(1.0, shift)
@@ -113,8 +122,10 @@ def softmax_stats(row, with_entropy):
         if with_entropy:
             ones, rest, t = _block_sum_exp_entropy(block, block_shift)
             moment += np.float64(t)
+        elif new_max == running_max:
+            ones, rest = _block_sum_exp_split(block, block_shift)
         else:
-            ones, rest = _block_sum_exp(block, block_shift)
+            ones, rest = 0.0, np.float64(_block_sum_exp(block, block_shift))
         total += np.float64(ones) + np.float64(rest)
     if running_max == np.inf:
         return np.inf, np.nan
