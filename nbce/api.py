@@ -9,7 +9,7 @@ bfloat16 input.  Batch reductions ("mean", "sum") accumulate in float64.
 import numpy as np
 
 from . import _checks
-from ._arrays import as_float_array, as_rows, normalize_axis, result_dtype
+from ._arrays import normalize_axis, result_dtype
 from ._dispatch import backend_for
 
 __all__ = [
@@ -26,31 +26,21 @@ __all__ = [
 def _scores(values, axis, name="logits"):
     """(backend, array, axis, rows) for a class-axis input with at least one class."""
     backend = backend_for(values)
-    array = as_float_array(values, name)
+    array = backend.as_float_array(values, name)
     if array.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis), got a scalar")
     axis = normalize_axis(axis, array.ndim, name)
     if array.shape[axis] == 0:
         raise ValueError(f"{name} has no classes: its class axis {axis} has length 0")
-    return backend, array, axis, as_rows(array, axis)
+    return backend, array, axis, backend.as_rows(array, axis)
 
 
-def _reduce(loss, reduction, dtype, batch_shape, denominator):
-    """Apply ``reduction`` to per-row float64 losses; the mean divides by ``denominator``.
-
-    A float64 value beyond the result dtype's range rounds to inf, as float32
-    arithmetic would have given.
-    """
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        if reduction == "none":
-            return loss.reshape(batch_shape).astype(dtype, copy=False)
-        total = np.sum(loss)
-        if reduction == "sum":
-            return dtype.type(total)
-        return dtype.type(np.float64(total) / np.float64(denominator))
+def _per_row_result(backend, values, array, rows, stream, like):
+    dtype = result_dtype(array.dtype)
+    return backend.wrap_like(backend.finish(values, dtype, rows.batch_shape, stream), like)
 
 
-def logsumexp(x, *, axis=-1):
+def logsumexp(x, *, axis=-1, stream=None):
     r"""Log-sum-exp along ``axis``: :math:`\log \sum_j e^{x_j}`, computed in one pass.
 
     The result has ``x``'s shape without ``axis``.  Stable for any magnitude:
@@ -58,32 +48,33 @@ def logsumexp(x, *, axis=-1):
     NaN gives NaN.
     """
     backend, array, _, rows = _scores(x, axis, "x")
-    lse, _ = backend.softmax_stats(rows, False)
-    return lse.reshape(rows.batch_shape).astype(result_dtype(array.dtype), copy=False)
+    lse, _ = backend.softmax_stats(rows, False, stream)
+    return _per_row_result(backend, lse, array, rows, stream, x)
 
 
-def _normalized(x, axis, exponentiate):
+def _normalized(x, axis, exponentiate, stream):
     backend, array, axis, rows = _scores(x, axis, "x")
-    out = backend.normalize(rows, exponentiate, result_dtype(array.dtype))
-    return np.moveaxis(out.reshape(*rows.batch_shape, rows.length), -1, axis)
+    out = backend.normalize(rows, exponentiate, result_dtype(array.dtype), stream)
+    out = backend.wrap_like(out.reshape(*rows.batch_shape, rows.length), x)
+    return out if axis == array.ndim - 1 else np.moveaxis(out, -1, axis)
 
 
-def log_softmax(x, *, axis=-1):
+def log_softmax(x, *, axis=-1, stream=None):
     r"""Log-softmax along ``axis``: :math:`x_i - \log \sum_j e^{x_j}`.
 
     Evaluated in float64 and rounded to the result dtype.  Same shape as
     ``x``; for a class axis other than the last the result is a view with the
     class axis moved back into place.
     """
-    return _normalized(x, axis, False)
+    return _normalized(x, axis, False, stream)
 
 
-def softmax(x, *, axis=-1):
+def softmax(x, *, axis=-1, stream=None):
     r"""Softmax along ``axis``: :math:`e^{x_i} / \sum_j e^{x_j}` (see :func:`log_softmax`)."""
-    return _normalized(x, axis, True)
+    return _normalized(x, axis, True, stream)
 
 
-def entropy(logits, *, axis=-1):
+def entropy(logits, *, axis=-1, stream=None):
     r"""Shannon entropy (nats) of ``softmax(logits)`` along ``axis``.
 
     :math:`H = -\sum_i p_i \log p_i = \log s - \frac{1}{s}\sum_i e^{x_i - c}(x_i - c)`
@@ -91,23 +82,12 @@ def entropy(logits, *, axis=-1):
     in one pass.  Classes with probability 0 (-inf logits) contribute 0.
     """
     backend, array, _, rows = _scores(logits, axis)
-    _, ent = backend.softmax_stats(rows, True)
-    return ent.reshape(rows.batch_shape).astype(result_dtype(array.dtype), copy=False)
-
-
-def _class_indices(target, batch_shape, n_classes, ignore_index):
-    """Class-index targets as a flat int64 array, after checking shape and range."""
-    _checks.check_shape("target", target.shape, batch_shape,
-                        "class-index targets have the logits' shape without the class axis")
-    bad = _checks.out_of_range_targets(target, n_classes, ignore_index)
-    if bad.any():
-        position = np.unravel_index(int(np.argmax(bad)), target.shape)
-        _checks.raise_bad_target(position, target[position], n_classes, ignore_index)
-    return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
+    _, ent = backend.softmax_stats(rows, True, stream)
+    return _per_row_result(backend, ent, array, rows, stream, logits)
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, input_type="logits"):
+                  label_smoothing=0.0, input_type="logits", stream=None):
     r"""Cross-entropy between class scores and targets, with PyTorch's semantics.
 
     With :math:`\log p_c` the log-probabilities of a row (``input_type``:
@@ -147,67 +127,56 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
     code = _checks.input_type_code(input_type)
     smoothing = _checks.check_label_smoothing(label_smoothing)
     ignore_index = _checks.check_ignore_index(ignore_index)
-    n_classes = rows.length
-    class_weight = _checks.class_weight(weight, n_classes)
+    class_weight = _checks.class_weight(weight, rows.length)
     dtype = result_dtype(array.dtype)
 
-    target = np.asarray(target)
-    if target.dtype.kind in "iu":
-        indices = _class_indices(target, rows.batch_shape, n_classes, ignore_index)
-        loss, target_weight = backend.class_index_loss(rows, indices, class_weight, ignore_index,
-                                                       smoothing, code)
-        denominator = np.sum(target_weight) if reduction == "mean" else None
-    elif target.dtype.kind == "f" or target.dtype.name == "bfloat16":
-        probabilities = as_float_array(target, "target")
+    kind = backend.target_dtype(target)
+    if kind.kind in "iu":
+        _checks.check_shape("target", _shape_of(target), rows.batch_shape,
+                            "class-index targets have the logits' shape without the class axis")
+        loss, denominator = backend.class_index_loss(rows, target, class_weight, ignore_index, smoothing,
+                                                     code, stream)
+    elif kind.kind == "f" or kind.name == "bfloat16":
+        probabilities = backend.as_float_array(target, "target")
         _checks.check_shape("target", probabilities.shape, array.shape,
                             "class-probability targets have the logits' shape")
-        loss = backend.soft_target_loss(rows, as_rows(probabilities, axis), class_weight, smoothing, code)
+        loss = backend.soft_target_loss(rows, backend.as_rows(probabilities, axis), class_weight, smoothing,
+                                        code, stream)
         denominator = rows.n_rows
     else:
         raise TypeError(
-            f"target must hold integer class indices or float class probabilities, got dtype {target.dtype}"
+            f"target must hold integer class indices or float class probabilities, got dtype {kind}"
         )
-    return _reduce(loss, reduction, dtype, rows.batch_shape, denominator)
+    if reduction == "none":
+        result = backend.finish(loss, dtype, rows.batch_shape, stream)
+    else:
+        result = backend.reduce(loss, reduction, dtype, denominator, stream)
+    return backend.wrap_like(result, logits)
 
 
-def _elementwise_operand(values, shape, name):
-    """``values`` broadcast to ``shape`` (no copy), viewed as rows of the last axis."""
-    array = as_float_array(values, name)
-    try:
-        array = np.broadcast_to(array, shape)
-    except ValueError:
-        raise ValueError(f"{name} of shape {array.shape} cannot be broadcast to the input shape {shape}") from None
-    return as_rows(array, -1)
+def _shape_of(values):
+    shape = getattr(values, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(values)
 
 
-_ONE = np.ones((), dtype=np.float64)
-
-
-def _binary(x, target, weight, pos_weight, reduction, from_logits):
+def _binary(x, target, weight, pos_weight, reduction, from_logits, stream):
     backend = backend_for(x)
     name = "logits" if from_logits else "probs"
-    array = as_float_array(x, name)
+    array = backend.as_float_array(x, name)
     _checks.check_reduction(reduction)
-    target_array = as_float_array(target, "target")
+    target_array = backend.as_float_array(target, "target")
     _checks.check_shape("target", target_array.shape, array.shape, f"the shape of {name}")
-    shape = array.shape if array.ndim else (1,)
-    x_rows = as_rows(array.reshape(shape), -1)
-    y_rows = as_rows(target_array.reshape(shape), -1)
-    w_rows = _elementwise_operand(_ONE if weight is None else weight, shape, "weight")
-    pw_rows = _elementwise_operand(_ONE if pos_weight is None else pos_weight, shape, "pos_weight")
     dtype = result_dtype(array.dtype)
-    elementwise, row_sums, bad = backend.binary_loss(
-        from_logits, x_rows, y_rows, w_rows, pw_rows, dtype if reduction == "none" else None)
-    if bad.any():
-        flat = np.asarray(array.reshape(shape), dtype=np.float64)
-        position = tuple(int(i) for i in np.argwhere((flat < 0) | (flat > 1))[0])[: array.ndim]
-        _checks.raise_bad_probability(position, array[position] if array.ndim else array[()])
+    elementwise, row_sums = backend.binary_loss(from_logits, array, target_array, weight, pos_weight,
+                                                dtype if reduction == "none" else None, stream)
     if reduction == "none":
-        return elementwise.reshape(array.shape)
-    return _reduce(row_sums, reduction, dtype, None, array.size)
+        result = backend.finish(elementwise, dtype, array.shape, stream)
+    else:
+        result = backend.reduce(row_sums, reduction, dtype, array.size, stream)
+    return backend.wrap_like(result, x)
 
 
-def binary_cross_entropy(probs, target, *, weight=None, reduction="mean"):
+def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", stream=None):
     r"""Binary cross-entropy of probabilities, PyTorch's ``binary_cross_entropy``.
 
     :math:`\ell = -w\,[\,y \max(\log p, -100) + (1-y)\max(\log(1-p), -100)\,]`,
@@ -215,10 +184,11 @@ def binary_cross_entropy(probs, target, *, weight=None, reduction="mean"):
     ``weight`` broadcasts to it.  ``"mean"`` averages over all elements.
     Probabilities outside [0, 1] raise ``ValueError``; NaN propagates.
     """
-    return _binary(probs, target, weight, None, reduction, False)
+    return _binary(probs, target, weight, None, reduction, False, stream)
 
 
-def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean"):
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean",
+                                     stream=None):
     r"""Binary cross-entropy of logits, PyTorch's ``binary_cross_entropy_with_logits``.
 
     :math:`\ell = w\,[\,(1-y)\,x + (1 + (p_w - 1)\,y)\,(\log(1 + e^{-|x|}) + \max(-x, 0))\,]`,
@@ -227,4 +197,4 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     axis (one weight per class in multi-label problems), ``weight`` to the
     input's shape.
     """
-    return _binary(logits, target, weight, pos_weight, reduction, True)
+    return _binary(logits, target, weight, pos_weight, reduction, True, stream)

@@ -1,54 +1,119 @@
-"""CPU backend: allocates outputs and launches the ``prange`` kernels.
+"""CPU backend: prepares host arrays, launches the ``prange`` kernels, reduces.
 
-Every function takes operands already checked and shaped by ``nbce.api`` (as
-``nbce._arrays.Rows``) and returns per-row float64 results; reductions happen
-in the public layer.
+The public layer (``nbce.api``) checks arguments with ``nbce._checks`` and
+calls the functions below; the CUDA backend (``nbce.cuda``) offers the same
+functions for device arrays.  Per-row results are float64.
 """
 
 import numpy as np
 
+from .. import _checks
+from .._arrays import as_float_array, as_rows
 from . import kernels
 
+__all__ = ["as_float_array", "as_rows", "target_dtype", "softmax_stats", "normalize", "class_index_loss",
+           "soft_target_loss", "binary_loss", "finish", "reduce", "wrap_like"]
 
-def softmax_stats(rows, with_entropy):
-    """(logsumexp, entropy) per row, float64."""
+
+def target_dtype(target):
+    return np.asarray(target).dtype
+
+
+def softmax_stats(rows, with_entropy, stream=None):
+    """(logsumexp, entropy) per row."""
     lse = np.empty(rows.n_rows, dtype=np.float64)
     entropy = np.empty(rows.n_rows, dtype=np.float64)
     kernels.softmax_stats_rows(rows.base, rows.geom, rows.length, with_entropy, lse, entropy)
     return lse, entropy
 
 
-def normalize(rows, exponentiate, dtype):
+def normalize(rows, exponentiate, dtype, stream=None):
     """log_softmax (or softmax) rows as an (n_rows, length) array of ``dtype``."""
     out = np.empty((rows.n_rows, rows.length), dtype=dtype)
     kernels.normalize_rows(rows.base, rows.geom, exponentiate, out)
     return out
 
 
-def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type):
-    """(loss, weight of the target class) per row, float64; ``target`` is int64, checked."""
+def _checked_class_indices(target, batch_shape, n_classes, ignore_index):
+    """Flat int64 class indices; a value outside [0, C) that is not ignored raises."""
+    target = np.asarray(target)
+    bad = _checks.out_of_range_targets(target, n_classes, ignore_index)
+    if bad.any():
+        position = np.unravel_index(int(np.argmax(bad)), target.shape)
+        _checks.raise_bad_target(position, target[position], n_classes, ignore_index)
+    return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
+
+
+def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=None):
+    """(loss, weight of the target class) per row."""
+    indices = _checked_class_indices(target, rows.batch_shape, rows.length, ignore_index)
     loss = np.empty(rows.n_rows, dtype=np.float64)
     target_weight = np.empty(rows.n_rows, dtype=np.float64)
-    kernels.class_index_rows(rows.base, rows.geom, rows.length, target, weight, ignore_index,
+    kernels.class_index_rows(rows.base, rows.geom, rows.length, indices, weight, ignore_index,
                              smoothing, input_type, loss, target_weight)
     return loss, target_weight
 
 
-def soft_target_loss(rows, target_rows, weight, smoothing, input_type):
-    """Loss per row for class-probability targets, float64."""
+def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=None):
+    """Loss per row for class-probability targets."""
     loss = np.empty(rows.n_rows, dtype=np.float64)
     kernels.soft_target_rows(rows.base, rows.geom, rows.length, target_rows.base, target_rows.geom,
                              weight, smoothing, input_type, loss)
     return loss
 
 
-def binary_loss(from_logits, x, y, w, pos_weight, elementwise_dtype):
-    """(element-wise loss or None, per-row sums, per-row count of probabilities outside [0, 1])."""
-    n_rows = x.n_rows
+_ONE = np.ones((), dtype=np.float64)
+
+
+def _broadcast_rows(values, shape, name):
+    """``values`` broadcast to ``shape`` (no copy), as rows of the last axis."""
+    array = as_float_array(_ONE if values is None else values, name)
+    try:
+        array = np.broadcast_to(array, shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {array.shape} cannot be broadcast to the input shape {shape}") from None
+    return as_rows(array, -1)
+
+
+def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=None):
+    """(element-wise loss or None, per-row sums); probabilities outside [0, 1] raise."""
+    shape = x.shape if x.ndim else (1,)
+    x_rows = as_rows(x.reshape(shape), -1)
+    y_rows = as_rows(y.reshape(shape), -1)
+    w_rows = _broadcast_rows(weight, shape, "weight")
+    pw_rows = _broadcast_rows(pos_weight, shape, "pos_weight")
+    n_rows = x_rows.n_rows
     store = elementwise_dtype is not None
-    elementwise = np.empty((n_rows, x.length) if store else (0, 0), dtype=elementwise_dtype or np.float64)
+    elementwise = np.empty((n_rows, x_rows.length) if store else (0, 0), dtype=elementwise_dtype or np.float64)
     row_sums = np.empty(n_rows, dtype=np.float64)
     bad = np.empty(n_rows, dtype=np.int64)
-    kernels.binary_rows(from_logits, x.length, x.base, x.geom, y.base, y.geom, w.base, w.geom,
-                        pos_weight.base, pos_weight.geom, elementwise, row_sums, bad)
-    return (elementwise if store else None), row_sums, bad
+    kernels.binary_rows(from_logits, x_rows.length, x_rows.base, x_rows.geom, y_rows.base, y_rows.geom,
+                        w_rows.base, w_rows.geom, pw_rows.base, pw_rows.geom, elementwise, row_sums, bad)
+    if bad.any():
+        flat = np.asarray(x.reshape(shape), dtype=np.float64)
+        position = tuple(int(i) for i in np.argwhere((flat < 0) | (flat > 1))[0])[: x.ndim]
+        _checks.raise_bad_probability(position, x[position] if x.ndim else x[()])
+    return (elementwise if store else None), row_sums
+
+
+def finish(values, dtype, shape, stream=None):
+    """Per-row float64 values as a ``dtype`` array of ``shape``; values beyond
+    the dtype's range round to inf, as float32 arithmetic would have given."""
+    with np.errstate(over="ignore"):
+        return values.reshape(shape).astype(dtype, copy=False)
+
+
+def reduce(values, reduction, dtype, denominator, stream=None):
+    """Sum (float64), or the sum divided by ``denominator`` (a count, or a
+    vector whose sum is the count); 0/0 gives NaN."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        total = np.sum(values)
+        if reduction == "sum":
+            return dtype.type(total)
+        if not np.isscalar(denominator):
+            denominator = np.sum(denominator)
+        return dtype.type(np.float64(total) / np.float64(denominator))
+
+
+def wrap_like(result, like):
+    return result
