@@ -1,4 +1,4 @@
-"""Pick the backend from where the logits live."""
+"""Pick the backend from where the logits live: CUDA memory -> nbce.cuda, anything else -> nbce.cpu."""
 
 from . import cpu
 
@@ -7,8 +7,8 @@ _DLPACK_CUDA = {2, 3, 13}
 
 
 def is_cuda_array(obj):
-    """True for objects exposing CUDA memory through the CUDA array interface or DLPack."""
-    if hasattr(obj, "__cuda_array_interface__"):
+    """True for Numba device arrays and objects exposing CUDA memory (CUDA array interface or DLPack)."""
+    if type(obj).__module__.startswith("numba.cuda") or hasattr(obj, "__cuda_array_interface__"):
         return True
     device = getattr(obj, "__dlpack_device__", None)
     if device is not None:
@@ -20,10 +20,10 @@ def is_cuda_array(obj):
 
 
 def backend_for(logits):
-    """The backend module for ``logits``: only the CPU one in this release."""
+    """The backend module for ``logits``; ``nbce.cuda`` (and numba.cuda) is imported only when needed."""
     if is_cuda_array(logits):
-        raise NotImplementedError(
-            "nbce got a CUDA array; this build computes on the CPU only. "
-            "Copy the array to host memory (e.g. cupy.asnumpy or tensor.cpu()) first."
-        )
+        from . import cuda
+
+        cuda.require_device()
+        return cuda
     return cpu

@@ -4,6 +4,12 @@ Every function accepts anything ``numpy.asarray`` accepts (ndarrays, memmaps,
 lists, strided views, CPU tensors through the array protocol) and returns
 NumPy results: float64 for float64 input, float32 for float32, float16 and
 bfloat16 input.  Batch reductions ("mean", "sum") accumulate in float64.
+
+Logits in CUDA memory (Numba device arrays, CuPy arrays, PyTorch CUDA
+tensors) run on the GPU backend and give device results of the caller's
+array type; a reduction gives a 0-d device array.  ``stream`` (every
+function) selects the CUDA stream; by default CuPy's or PyTorch's current
+stream, else the default stream.  It is ignored for host arrays.
 """
 
 import numpy as np
@@ -23,16 +29,17 @@ __all__ = [
 ]
 
 
-def _scores(values, axis, name="logits"):
-    """(backend, array, axis, rows) for a class-axis input with at least one class."""
+def _scores(values, axis, stream, name="logits"):
+    """(backend, array, axis, rows, stream) for a class-axis input with at least one class."""
     backend = backend_for(values)
+    stream = backend.resolve_stream(stream, values)
     array = backend.as_float_array(values, name)
     if array.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis), got a scalar")
     axis = normalize_axis(axis, array.ndim, name)
     if array.shape[axis] == 0:
         raise ValueError(f"{name} has no classes: its class axis {axis} has length 0")
-    return backend, array, axis, backend.as_rows(array, axis)
+    return backend, array, axis, backend.as_rows(array, axis), stream
 
 
 def _per_row_result(backend, values, array, rows, stream, like):
@@ -47,13 +54,13 @@ def logsumexp(x, *, axis=-1, stream=None):
     -inf entries contribute nothing (all -inf gives -inf), +inf gives +inf,
     NaN gives NaN.
     """
-    backend, array, _, rows = _scores(x, axis, "x")
+    backend, array, _, rows, stream = _scores(x, axis, stream, "x")
     lse, _ = backend.softmax_stats(rows, False, stream)
     return _per_row_result(backend, lse, array, rows, stream, x)
 
 
 def _normalized(x, axis, exponentiate, stream):
-    backend, array, axis, rows = _scores(x, axis, "x")
+    backend, array, axis, rows, stream = _scores(x, axis, stream, "x")
     out = backend.normalize(rows, exponentiate, result_dtype(array.dtype), stream)
     out = backend.wrap_like(out.reshape(*rows.batch_shape, rows.length), x)
     return out if axis == array.ndim - 1 else np.moveaxis(out, -1, axis)
@@ -81,7 +88,7 @@ def entropy(logits, *, axis=-1, stream=None):
     with :math:`s = \sum_i e^{x_i - c}` and :math:`c` the row maximum, streamed
     in one pass.  Classes with probability 0 (-inf logits) contribute 0.
     """
-    backend, array, _, rows = _scores(logits, axis)
+    backend, array, _, rows, stream = _scores(logits, axis, stream)
     _, ent = backend.softmax_stats(rows, True, stream)
     return _per_row_result(backend, ent, array, rows, stream, logits)
 
@@ -122,7 +129,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
     shape mismatches and bad options; ``TypeError`` for non-float logits or
     targets that are neither integers nor floats.
     """
-    backend, array, axis, rows = _scores(logits, axis)
+    backend, array, axis, rows, stream = _scores(logits, axis, stream)
     _checks.check_reduction(reduction)
     code = _checks.input_type_code(input_type)
     smoothing = _checks.check_label_smoothing(label_smoothing)
@@ -161,6 +168,7 @@ def _shape_of(values):
 
 def _binary(x, target, weight, pos_weight, reduction, from_logits, stream):
     backend = backend_for(x)
+    stream = backend.resolve_stream(stream, x)
     name = "logits" if from_logits else "probs"
     array = backend.as_float_array(x, name)
     _checks.check_reduction(reduction)

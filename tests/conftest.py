@@ -1,5 +1,10 @@
 import os
 
+# The GPU tests run on Numba's CUDA simulator unless NBCE_TEST_REAL_GPU=1.
+# This must be set before numba is first imported.
+if os.environ.get("NBCE_TEST_REAL_GPU") != "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
 import numpy as np
 import pytest
 from hypothesis import settings

@@ -127,8 +127,18 @@ def test_binary_shape_rules():
 
 
 def test_cuda_arrays_are_recognised():
-    class FakeCudaArray:
+    from nbce._dispatch import is_cuda_array
+
+    class CudaInterface:
         __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
 
-    with pytest.raises(NotImplementedError, match="CUDA array"):
-        nbce.cross_entropy(FakeCudaArray(), np.array([0, 1]))
+    class DlpackOnGpu:
+        def __dlpack_device__(self):
+            return (2, 0)
+
+    class DlpackOnHost:
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    assert is_cuda_array(CudaInterface()) and is_cuda_array(DlpackOnGpu())
+    assert not is_cuda_array(DlpackOnHost()) and not is_cuda_array(np.zeros(3))

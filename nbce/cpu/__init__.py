@@ -11,8 +11,13 @@ from .. import _checks
 from .._arrays import as_float_array, as_rows
 from . import kernels
 
-__all__ = ["as_float_array", "as_rows", "target_dtype", "softmax_stats", "normalize", "class_index_loss",
+__all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "normalize", "class_index_loss",
            "soft_target_loss", "binary_loss", "finish", "reduce", "wrap_like"]
+
+
+def resolve_stream(stream, like):
+    """Host arrays have no stream: ``stream`` is ignored."""
+    return None
 
 
 def target_dtype(target):

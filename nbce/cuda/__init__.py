@@ -1,0 +1,372 @@
+"""CUDA backend: the CPU backend's operations on device arrays.
+
+Operands are checked by the public layer exactly as on the CPU; this module
+turns device arrays into row-major (rows, classes) views, launches the
+kernels of ``kernels.py`` on the caller's stream and returns device arrays
+(wrapped back into CuPy arrays or PyTorch tensors by ``wrap_like``).
+"""
+
+import math
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from .. import _checks
+from .._dispatch import is_cuda_array
+from . import _device as dev
+from .kernels import build
+
+# Threads per block (a power of two).  Tests lower it so that the simulator
+# runs several blocks and partial ones.
+THREADS = 256
+# Aim for this many resident blocks per multiprocessor when splitting rows.
+BLOCKS_PER_SM = 4
+# A chunk of a split row holds at least this many elements per thread.
+MIN_ELEMENTS_PER_THREAD = 8
+
+_FLOATS = {"float64", "float32", "float16"}
+
+
+@dataclass(frozen=True)
+class DeviceFloats:
+    """A checked floating-point device operand.  ``dtype`` is its logical dtype
+    (bfloat16 data is stored as 16-bit words and reported as float32 for the
+    result-dtype rule)."""
+
+    data: object
+    dtype: np.dtype
+    bfloat16: bool
+    source: object
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self):
+        return len(self.data.shape)
+
+    @property
+    def size(self):
+        return prod(self.shape)
+
+
+@dataclass(frozen=True)
+class DeviceRows:
+    data: object  # (n_rows, length) device array with contiguous rows
+    batch_shape: tuple
+    length: int
+    bfloat16: bool
+    narrow: bool
+
+    @property
+    def n_rows(self):
+        return prod(self.batch_shape)
+
+
+def require_device():
+    """Raise a clear error when CUDA arrays arrive but no CUDA device can run kernels."""
+    if not dev.available():
+        raise RuntimeError(
+            "nbce got a CUDA array, but no CUDA device is usable here (no GPU or no driver); "
+            "install numba-cuda with a CUDA toolkit (pip install 'nbce[cuda]') on a machine with a GPU"
+        )
+
+
+def is_device_array(obj):
+    return is_cuda_array(obj)
+
+
+def resolve_stream(stream, like):
+    """The stream to launch on: the caller's, else CuPy's or PyTorch's current one, else the default."""
+    if stream is not None:
+        return stream
+    library = _library(like)
+    if library == "cupy":
+        import cupy
+
+        return dev.external_stream(cupy.cuda.get_current_stream().ptr)
+    if library == "torch":
+        import torch
+
+        return dev.external_stream(torch.cuda.current_stream(like.device).cuda_stream)
+    return 0
+
+
+def _library(obj):
+    return type(obj).__module__.split(".")[0]
+
+
+def as_float_array(obj, name):
+    if _library(obj) == "torch" and str(obj.dtype) == "torch.bfloat16":
+        import torch
+
+        data = dev.as_device_array(obj.view(torch.int16))
+        return DeviceFloats(data, np.dtype(np.float32), True, obj)
+    data = dev.as_device_array(obj)
+    dtype = np.dtype(data.dtype)
+    if dtype.name not in _FLOATS:
+        raise TypeError(
+            f"{name} must be a floating-point array (float64, float32, float16 or bfloat16), got dtype {dtype}"
+        )
+    return DeviceFloats(data, dtype, False, obj)
+
+
+def _class_last_contiguous(array, axis):
+    """The operand with ``axis`` last and contiguous rows; copies on the device when needed."""
+    data, source = array.data, array.source
+    ndim = array.ndim
+    last = axis == ndim - 1
+    itemsize = np.dtype(data.dtype).itemsize
+    contiguous = array.size == 0 or all(
+        n == 1 or have == want for n, have, want in zip(array.shape, data.strides, _c_strides(array.shape, itemsize)))
+    if last and contiguous:
+        return data
+    library = _library(source)
+    if library == "cupy":
+        import cupy
+
+        return dev.as_device_array(cupy.ascontiguousarray(cupy.moveaxis(source, axis, -1)))
+    if library == "torch":
+        moved = source.movedim(axis, -1).contiguous()
+        if array.bfloat16:
+            import torch
+
+            moved = moved.view(torch.int16)
+        return dev.as_device_array(moved)
+    raise NotImplementedError(
+        "for Numba device arrays nbce needs the class axis last and C-contiguous rows; "
+        "pass a CuPy array or PyTorch tensor, or make the layout contiguous first"
+    )
+
+
+def _c_strides(shape, itemsize):
+    strides = []
+    step = itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def as_rows(array, axis):
+    batch_shape = array.shape[:axis] + array.shape[axis + 1:]
+    length = array.shape[axis]
+    data = _class_last_contiguous(array, axis)
+    rows = data.reshape(prod(batch_shape), length)
+    return DeviceRows(rows, tuple(batch_shape), length, array.bfloat16, array.dtype != np.float64)
+
+
+def _to_device(values, dtype, stream):
+    """Small host operands (targets, weights) move to the device; device ones stay."""
+    if is_device_array(values):
+        return dev.as_device_array(values)
+    return dev.to_device(np.ascontiguousarray(values, dtype=dtype), stream=stream)
+
+
+def _kernels(rows):
+    return build(THREADS, rows.narrow, rows.bfloat16)
+
+
+def _splits(n_rows, length):
+    """Chunks per row: enough blocks to fill the GPU when rows are few and long."""
+    if n_rows == 0:
+        return 1
+    wanted = math.ceil(BLOCKS_PER_SM * dev.multiprocessor_count() / n_rows)
+    most = max(1, length // (THREADS * MIN_ELEMENTS_PER_THREAD))
+    return max(1, min(wanted, most))
+
+
+def _grid(items):
+    return max(1, min(items, 65535))
+
+
+def _row_states(rows, stream):
+    k = _kernels(rows)
+    splits = _splits(rows.n_rows, rows.length)
+    shape = (rows.n_rows, splits)
+    pm, ps, pt = (dev.device_empty(shape, np.float64, stream) for _ in range(3))
+    if rows.n_rows:
+        k.stats_partials[_grid(rows.n_rows * splits), THREADS, stream](rows.data, splits, pm, ps, pt)
+    return k, pm, ps, pt
+
+
+def _per_row(n_rows):
+    return max(1, math.ceil(n_rows / THREADS)), THREADS
+
+
+def softmax_stats(rows, with_entropy, stream=0):
+    k, pm, ps, pt = _row_states(rows, stream)
+    lse = dev.device_empty(rows.n_rows, np.float64, stream)
+    entropy = dev.device_empty(rows.n_rows, np.float64, stream)
+    if rows.n_rows:
+        k.finish_stats[_per_row(rows.n_rows) + (stream,)](pm, ps, pt, lse, entropy)
+    return lse, entropy
+
+
+def normalize(rows, exponentiate, dtype, stream=0):
+    lse, _ = softmax_stats(rows, False, stream)
+    out = dev.device_empty((rows.n_rows, rows.length), dtype, stream)
+    if rows.n_rows:
+        tile = (16, 16)
+        blocks = (math.ceil(rows.n_rows / 16), math.ceil(rows.length / 16))
+        _kernels(rows).normalize[blocks, tile, stream](rows.data, lse, exponentiate, out)
+    return out
+
+
+def _coefficient_sums(rows, soft_rows, weight, smoothing, input_type, lse, stream):
+    k = _kernels(rows)
+    splits = _splits(rows.n_rows, rows.length)
+    sums = dev.device_empty((rows.n_rows, splits), np.float64, stream)
+    if rows.n_rows:
+        k.coefficient_sums[_grid(rows.n_rows * splits), THREADS, stream](
+            rows.data, soft_rows, weight, smoothing, input_type, lse, splits, sums)
+    return sums
+
+
+def _no_columns(rows, stream):
+    return dev.device_empty((rows.n_rows, 0), np.float64, stream)
+
+
+def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=0):
+    """(loss, target weight) per row; raises the CPU's ValueError for a bad class index."""
+    target = _to_device(target, np.int64, stream)
+    weight = _to_device(weight, np.float64, stream)
+    lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
+    sums = _coefficient_sums(rows, _no_columns(rows, stream), weight, smoothing, input_type, lse, stream)
+    loss = dev.device_empty(rows.n_rows, np.float64, stream)
+    target_weight = dev.device_empty(rows.n_rows, np.float64, stream)
+    bad = dev.to_device(np.array([np.iinfo(np.int64).max], dtype=np.int64), stream=stream)
+    if rows.n_rows:
+        _kernels(rows).class_index_loss[_per_row(rows.n_rows) + (stream,)](
+            rows.data, target, weight, ignore_index, smoothing, input_type, lse, sums, loss, target_weight, bad)
+    # Reading the flag waits for the kernels: the price of a precise error.
+    first_bad = int(bad.copy_to_host(stream=stream)[0])
+    if first_bad != np.iinfo(np.int64).max:
+        value = int(target[first_bad : first_bad + 1].copy_to_host(stream=stream)[0])
+        _checks.raise_bad_target(np.unravel_index(first_bad, rows.batch_shape), value, rows.length, ignore_index)
+    return loss, target_weight
+
+
+def _zeros(n, stream):
+    return dev.to_device(np.zeros(n, dtype=np.float64), stream=stream)
+
+
+def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=0):
+    weight = _to_device(weight, np.float64, stream)
+    lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
+    sums = _coefficient_sums(rows, target_rows.data, weight, smoothing, input_type, lse, stream)
+    loss = dev.device_empty(rows.n_rows, np.float64, stream)
+    if rows.n_rows:
+        _kernels(rows).negated_row_sums[_per_row(rows.n_rows) + (stream,)](sums, loss)
+    return loss
+
+
+def total(values, stream=0, threads=None):
+    """Deterministic float64 sum of a device vector, as a 1-element device array."""
+    k = build(THREADS, False, False)
+    blocks = max(1, min(1024, math.ceil(values.size / THREADS)))
+    partials = dev.device_empty(blocks, np.float64, stream)
+    k.partial_sums[blocks, THREADS, stream](values, partials)
+    out = dev.device_empty(1, np.float64, stream)
+    k.partial_sums[1, THREADS, stream](partials, out)
+    return out
+
+
+def target_dtype(target):
+    if is_device_array(target):
+        return np.dtype(dev.as_device_array(target).dtype)
+    return np.asarray(target).dtype
+
+
+def _two_dimensional(array):
+    """``array`` as (rows, last axis) with contiguous rows (device copy via its library if needed)."""
+    if array.ndim == 0:
+        return array.data.reshape(1, 1)
+    return as_rows(array, array.ndim - 1).data
+
+
+def _broadcast_operand(values, shape, name, stream):
+    """A weight as an (R or 1, L or 1) device array that broadcasts over (R, L)."""
+    rows = prod(shape[:-1]) if len(shape) > 1 else 1
+    length = shape[-1] if shape else 1
+    if values is None:
+        return dev.to_device(np.ones((1, 1)), stream=stream)
+    if is_device_array(values):
+        data = dev.as_device_array(values)
+        vshape = tuple(data.shape)
+        if vshape in ((), (1,), (length,)) or (len(vshape) == len(shape) and vshape == tuple(shape)):
+            return data.reshape(rows if vshape == tuple(shape) else 1, length if vshape not in ((), (1,)) else 1)
+        raise ValueError(f"{name} of shape {vshape} on the GPU must have the input's shape, its last axis or one element")
+    host = np.asarray(values, dtype=np.float64)
+    try:
+        full = np.broadcast_to(host, shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {host.shape} cannot be broadcast to the input shape {tuple(shape)}") from None
+    full = full.reshape(rows, length)
+    keep_rows = rows if full.strides[0] != 0 else 1
+    keep_cols = length if full.strides[1] != 0 else 1
+    return dev.to_device(np.ascontiguousarray(full[:keep_rows, :keep_cols]), stream=stream)
+
+
+def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=0):
+    shape = x.shape
+    x2, y2 = _two_dimensional(x), _two_dimensional(y)
+    w2 = _broadcast_operand(weight, shape, "weight", stream)
+    pw2 = _broadcast_operand(pos_weight, shape, "pos_weight", stream)
+    n_rows, length = x2.shape
+    store = elementwise_dtype is not None
+    out = dev.device_empty((n_rows, length) if store else (0, 0), elementwise_dtype or np.float64, stream)
+    row_sums = dev.device_empty(n_rows, np.float64, stream)
+    bad = dev.to_device(np.array([np.iinfo(np.int64).max], dtype=np.int64), stream=stream)
+    if n_rows:
+        kernels = build(THREADS, x.dtype != np.float64, x.bfloat16)
+        kernels.binary[_grid(n_rows), THREADS, stream](from_logits, x2, y2, w2, pw2, store, out, row_sums, bad)
+    first_bad = int(bad.copy_to_host(stream=stream)[0])
+    if first_bad != np.iinfo(np.int64).max:
+        row = x2[first_bad].copy_to_host(stream=stream).astype(np.float64)
+        j = int(np.argmax((row < 0) | (row > 1)))
+        position = np.unravel_index(first_bad * length + j, shape) if shape else ()
+        _checks.raise_bad_probability(position, row[j])
+    return (out if store else None), row_sums
+
+
+def finish(values, dtype, shape, stream=0):
+    """Per-row float64 device values as a ``dtype`` device array of ``shape``."""
+    flat = values.reshape(values.size)
+    if np.dtype(dtype) == np.float64:
+        return flat.reshape(*shape) if shape else flat.reshape(())
+    out = dev.device_empty(flat.size, dtype, stream)
+    if flat.size:
+        build(THREADS, False, False).cast_into[_per_row(flat.size) + (stream,)](flat, out)
+    return out.reshape(*shape) if shape else out.reshape(())
+
+
+def reduce(values, reduction, dtype, denominator, stream=0):
+    """A 0-d device array: the float64 sum, or the sum over ``denominator``
+    (a count, or a device vector summed the same deterministic way)."""
+    result = total(values, stream)
+    if reduction == "mean":
+        if isinstance(denominator, (int, np.integer)):
+            count = dev.to_device(np.array([float(denominator)]), stream=stream)
+        else:
+            count = total(denominator, stream)
+        quotient = dev.device_empty(1, np.float64, stream)
+        build(THREADS, False, False).quotient[1, 1, stream](result, count, quotient)
+        result = quotient
+    return finish(result, dtype, (), stream)
+
+
+def wrap_like(result, like):
+    """Return ``result`` in the caller's array type: CuPy in, CuPy out; torch in, torch out."""
+    library = _library(like)
+    if library == "cupy":
+        import cupy
+
+        return cupy.asarray(result)
+    if library == "torch":
+        import torch
+
+        return torch.as_tensor(result, device=like.device)
+    return result

@@ -1,0 +1,311 @@
+"""numba.cuda kernels, built per (threads per block, compute precision, storage).
+
+Every kernel also runs on Numba's CUDA simulator: reductions go through
+shared memory (no warp shuffles), and the few operations the simulator lacks
+have small fallbacks in ``_device``.
+
+Row statistics use the online log-sum-exp: each thread folds its strided
+share of a row into (m, s, t) = (max, sum_j e^{x_j - m}, sum_j e^{x_j - m}(x_j - m)),
+blocks merge their threads' states in a shared-memory tree, and a finishing
+pass merges a row's chunk states in a fixed order, so the results do not
+depend on scheduling.  States are float64; exponentials of float32/half
+inputs are evaluated in float32.
+"""
+
+import math
+from functools import lru_cache
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import _device as dev
+from ._device import cuda
+
+NAN = math.nan
+NEG_INF = -math.inf
+INF = math.inf
+LOGITS, LOG_PROBS, PROBS = 0, 1, 2
+LOG_CLAMP = -100.0
+
+
+@lru_cache(maxsize=None)
+def build(threads, narrow, bfloat16):
+    """Kernels for ``threads`` per block (a power of two), float32 maths when
+    ``narrow``, bfloat16 words (uint16 storage) when ``bfloat16``."""
+    jit = dev.jit
+
+    @jit(device=True)
+    def load(x, r, j):
+        if bfloat16:
+            return np.float64(dev.bfloat16_to_float32(x[r, j]))
+        return np.float64(x[r, j])
+
+    @jit(device=True)
+    def exp_of(d):
+        if narrow:
+            return np.float64(math.exp(np.float32(d)))
+        return math.exp(d)
+
+    @jit(device=True)
+    def log_of(s):
+        # math.log raises on 0 in the simulator; the GPU gives -inf: say it here.
+        if s > 0:
+            return math.log(s)
+        return NEG_INF if s == 0 else NAN
+
+    @jit(device=True)
+    def push(m, s, t, v):
+        """Fold one value into the state (m, s, t)."""
+        if v != v:
+            return m, NAN, NAN
+        if v == NEG_INF:
+            return m, s, t
+        if v > m:
+            if m == NEG_INF:
+                return v, s * 0.0 + 1.0, t * 0.0
+            d = m - v
+            a = exp_of(d)
+            return v, a * s + 1.0, a * (t + s * d)
+        if v == m:
+            return m, s + 1.0, t
+        d = v - m
+        e = exp_of(d)
+        return m, s + e, (t + e * d) if e > 0 else t
+
+    @jit(device=True)
+    def merge(m1, s1, t1, m2, s2, t2):
+        """Combine two states; associative up to rounding, applied in a fixed order."""
+        if m2 > m1:
+            m1, s1, t1, m2, s2, t2 = m2, s2, t2, m1, s1, t1
+        if m2 == NEG_INF:
+            return m1, s1 + s2 * 0.0, t1 + t2 * 0.0
+        if m1 == m2:
+            return m1, s1 + s2, t1 + t2
+        if m1 == INF:  # the entropy of a row holding +inf is undefined
+            return m1, s1 + s2 * 0.0, NAN
+        d = m2 - m1
+        a = math.exp(d)
+        return m1, s1 + a * s2, t1 + a * (t2 + s2 * d)
+
+    @jit(device=True)
+    def finish(m, s, t):
+        """(logsumexp, entropy) of a state."""
+        if m == INF:
+            return INF, NAN
+        log_s = log_of(s)
+        return m + log_s, log_s - t / s if s == s and s > 0 else NAN
+
+    @jit(device=True)
+    def chunk_bounds(n, splits, c):
+        size = (n + splits - 1) // splits
+        lo = c * size
+        return lo, min(n, lo + size)
+
+    @jit(device=True)
+    def block_sum(acc, tid):
+        """Tree-sum ``acc[0:threads]`` in shared memory (fixed order); every thread gets the total."""
+        cuda.syncthreads()
+        stride = threads // 2
+        while stride > 0:
+            if tid < stride:
+                acc[tid] += acc[tid + stride]
+            cuda.syncthreads()
+            stride //= 2
+        total = acc[0]
+        cuda.syncthreads()
+        return total
+
+    @jit
+    def stats_partials(x, splits, pm, ps, pt):
+        """Block (row, chunk) -> merged state of that chunk, into pm/ps/pt[row, chunk]."""
+        sm = cuda.shared.array(threads, np.float64)
+        ss = cuda.shared.array(threads, np.float64)
+        st = cuda.shared.array(threads, np.float64)
+        tid = cuda.threadIdx.x
+        n_rows, n = x.shape
+        for item in range(cuda.blockIdx.x, n_rows * splits, cuda.gridDim.x):
+            r = item // splits
+            lo, hi = chunk_bounds(n, splits, item - r * splits)
+            m, s, t = NEG_INF, 0.0, 0.0
+            for j in range(lo + tid, hi, threads):
+                m, s, t = push(m, s, t, load(x, r, j))
+            sm[tid], ss[tid], st[tid] = m, s, t
+            cuda.syncthreads()
+            stride = threads // 2
+            while stride > 0:
+                if tid < stride:
+                    sm[tid], ss[tid], st[tid] = merge(sm[tid], ss[tid], st[tid],
+                                                      sm[tid + stride], ss[tid + stride], st[tid + stride])
+                cuda.syncthreads()
+                stride //= 2
+            if tid == 0:
+                pm[r, item - r * splits] = sm[0]
+                ps[r, item - r * splits] = ss[0]
+                pt[r, item - r * splits] = st[0]
+            cuda.syncthreads()
+
+    @jit(device=True)
+    def row_state(pm, ps, pt, r):
+        m, s, t = NEG_INF, 0.0, 0.0
+        for c in range(pm.shape[1]):
+            m, s, t = merge(m, s, t, pm[r, c], ps[r, c], pt[r, c])
+        return m, s, t
+
+    @jit
+    def finish_stats(pm, ps, pt, lse_out, entropy_out):
+        r = cuda.grid(1)
+        if r < lse_out.size:
+            lse_out[r], entropy_out[r] = finish(*row_state(pm, ps, pt, r))
+
+    @jit(device=True)
+    def log_prob(v, lse, input_type):
+        if input_type == LOGITS:
+            return v - lse
+        if input_type == LOG_PROBS:
+            return v
+        lp = log_of(v)
+        return LOG_CLAMP if lp < LOG_CLAMP else lp
+
+    @jit
+    def coefficient_sums(x, y, weight, smoothing, input_type, lse, splits, out):
+        """out[row, chunk] = sum_c a_c log p_c over the chunk, a_c = w_c when ``y`` has
+        no columns (label smoothing of class indices), else w_c ((1 - eps) y_c + eps / C)."""
+        acc = cuda.shared.array(threads, np.float64)
+        tid = cuda.threadIdx.x
+        n_rows, n = x.shape
+        soft = y.shape[1] > 0
+        for item in range(cuda.blockIdx.x, n_rows * splits, cuda.gridDim.x):
+            r = item // splits
+            lo, hi = chunk_bounds(n, splits, item - r * splits)
+            total = 0.0
+            for j in range(lo + tid, hi, threads):
+                a = weight[j]
+                if soft:
+                    a *= (1.0 - smoothing) * load(y, r, j) + smoothing / n
+                if a != 0.0:
+                    total += a * log_prob(load(x, r, j), lse[r], input_type)
+            acc[tid] = total
+            chunk_total = block_sum(acc, tid)
+            if tid == 0:
+                out[r, item - r * splits] = chunk_total
+
+    @jit
+    def class_index_loss(x, target, weight, ignore_index, smoothing, input_type, lse, sums,
+                         loss_out, weight_out, bad):
+        """Per row (one thread): PyTorch's class-index loss from the row's lse and
+        smoothing sum; out-of-range targets raise the smallest bad row into ``bad``."""
+        r = cuda.grid(1)
+        if r >= loss_out.size:
+            return
+        n = x.shape[1]
+        t = target[r]
+        if t == ignore_index:
+            loss_out[r] = 0.0
+            weight_out[r] = 0.0
+            return
+        if t < 0 or t >= n:
+            cuda.atomic.min(bad, 0, r)
+            loss_out[r] = NAN
+            weight_out[r] = 0.0
+            return
+        w = weight[t]
+        loss = -(1.0 - smoothing) * w * log_prob(load(x, r, t), lse[r], input_type)
+        if smoothing > 0.0:
+            smooth = 0.0
+            for c in range(sums.shape[1]):
+                smooth += sums[r, c]
+            loss -= smoothing / n * smooth
+        loss_out[r] = loss
+        weight_out[r] = w
+
+    @jit
+    def negated_row_sums(sums, out):
+        r = cuda.grid(1)
+        if r < out.size:
+            total = 0.0
+            for c in range(sums.shape[1]):
+                total += sums[r, c]
+            out[r] = -total
+
+    @jit
+    def normalize(x, lse, exponentiate, out):
+        r, j = cuda.grid(2)
+        if r < out.shape[0] and j < out.shape[1]:
+            d = load(x, r, j) - lse[r]
+            out[r, j] = exp_of(d) if exponentiate else d
+
+    @jit(device=True)
+    def broadcast_load(a, r, j):
+        return load(a, r if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0)
+
+    @jit
+    def binary(from_logits, x, y, w, pw, store, out, row_sums, bad):
+        """Block per row: element-wise binary cross-entropy, the row's sum, bad-probability counts."""
+        acc = cuda.shared.array(threads, np.float64)
+        count = cuda.shared.array(threads, np.int64)
+        tid = cuda.threadIdx.x
+        n_rows, n = x.shape
+        for r in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
+            total = 0.0
+            bad_here = 0
+            for j in range(tid, n, threads):
+                v = load(x, r, j)
+                target = load(y, r, j)
+                weight = broadcast_load(w, r, j)
+                if from_logits:
+                    positive = broadcast_load(pw, r, j)
+                    softplus = math.log1p(math.exp(-abs(v))) + max(-v, 0.0)
+                    loss = weight * ((1.0 - target) * v + (1.0 + (positive - 1.0) * target) * softplus)
+                else:
+                    if v < 0.0 or v > 1.0:
+                        bad_here += 1
+                    lp = log_of(v)
+                    lq = log_of(1.0 - v)
+                    lp = LOG_CLAMP if lp < LOG_CLAMP else lp
+                    lq = LOG_CLAMP if lq < LOG_CLAMP else lq
+                    loss = -weight * (target * lp + (1.0 - target) * lq)
+                if store:
+                    out[r, j] = loss
+                total += loss
+            acc[tid] = total
+            count[tid] = bad_here
+            row_total = block_sum(acc, tid)
+            bad_total = block_sum(count, tid)
+            if tid == 0:
+                row_sums[r] = row_total
+                if bad_total > 0:
+                    cuda.atomic.min(bad, 0, r)
+
+    @jit
+    def partial_sums(values, partials):
+        """Deterministic stage 1 of a float64 sum: block b sums a fixed strided share."""
+        acc = cuda.shared.array(threads, np.float64)
+        tid = cuda.threadIdx.x
+        total = 0.0
+        for i in range(cuda.blockIdx.x * threads + tid, values.size, cuda.gridDim.x * threads):
+            total += values[i]
+        acc[tid] = total
+        grand_total = block_sum(acc, tid)
+        if tid == 0:
+            partials[cuda.blockIdx.x] = grand_total
+
+    @jit
+    def cast_into(src, dst):
+        i = cuda.grid(1)
+        if i < dst.size:
+            dst[i] = src[i]
+
+    @jit
+    def quotient(numerator, denominator, out):
+        """out[0] = numerator[0] / denominator[0], with 0/0 = NaN as in NumPy."""
+        if cuda.grid(1) == 0:
+            d = denominator[0]
+            n = numerator[0]
+            if d != 0.0:
+                out[0] = n / d
+            elif n != n or n == 0.0:
+                out[0] = NAN
+            else:
+                out[0] = math.copysign(INF, n)
+
+    return SimpleNamespace(**{name: value for name, value in locals().items() if hasattr(value, "py_func") or callable(value)})

@@ -1,0 +1,167 @@
+"""The GPU backend, on Numba's CUDA simulator in CI (on a real GPU with NBCE_TEST_REAL_GPU=1).
+
+Threads per block are lowered to 8 so that the simulator runs several blocks,
+partial blocks and rows split over several blocks.
+"""
+
+import numpy as np
+import pytest
+
+import nbce
+import reference as ref
+from conftest import make_logits
+
+cuda_backend = pytest.importorskip("nbce.cuda")
+from numba import cuda  # noqa: E402  (after the simulator switch in conftest)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(cuda_backend, "THREADS", 8)
+    monkeypatch.setattr(cuda_backend, "MIN_ELEMENTS_PER_THREAD", 4)
+
+
+def host(result):
+    return np.asarray(result.copy_to_host())
+
+
+def close(got, expected, dtype="float64"):
+    rtol = 1e-12 if dtype == "float64" else 2e-6
+    np.testing.assert_allclose(host(got), expected, rtol=rtol, atol=rtol)
+
+
+SHAPES = [(5, 1), (4, 3), (3, 17), (2, 200), (0, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_softmax_family(shape, dtype, rng):
+    x = make_logits(rng, shape, dtype)
+    d = cuda.to_device(x)
+    close(nbce.logsumexp(d), ref.logsumexp(x), dtype)
+    close(nbce.entropy(d), ref.entropy(x), dtype)
+    close(nbce.log_softmax(d), ref.log_softmax(x), dtype)
+    close(nbce.softmax(d), ref.softmax(x), dtype)
+    assert nbce.logsumexp(d).dtype == (np.float64 if dtype == "float64" else np.float32)
+
+
+def test_rows_split_over_blocks_merge_exactly(rng, monkeypatch):
+    x = make_logits(rng, (2, 300), "float64", scale=20.0)
+    splits = cuda_backend._splits(2, 300)
+    assert splits > 1
+    close(nbce.logsumexp(cuda.to_device(x)), ref.logsumexp(x))
+    close(nbce.entropy(cuda.to_device(x)), ref.entropy(x))
+
+
+EDGE_ROWS = np.array([
+    [-np.inf, -np.inf, -np.inf, -np.inf],
+    [-np.inf, 2.0, -np.inf, 1.0],
+    [1.0, np.inf, 0.0, 2.0],
+    [1.0, np.nan, 0.0, 2.0],
+    [3e38, -3e38, 1e38, 0.0],
+])
+
+
+def test_edge_rows():
+    got = host(nbce.logsumexp(cuda.to_device(EDGE_ROWS)))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref.logsumexp(EDGE_ROWS)))
+    np.testing.assert_allclose(got, ref.logsumexp(EDGE_ROWS), rtol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(weight="random", ignore_fraction=0.3, label_smoothing=0.2),
+    dict(input_type="log_probs", label_smoothing=0.1),
+    dict(input_type="probs"),
+], ids=["plain", "weighted-ignored-smoothed", "log_probs", "probs"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cross_entropy_class_indices(reduction, options, dtype, rng):
+    options = dict(options)
+    n, c = 6, 37
+    x = make_logits(rng, (n, c), dtype)
+    if options.get("input_type") == "log_probs":
+        x = ref.log_softmax(x).astype(dtype)
+    elif options.get("input_type") == "probs":
+        x = ref.softmax(x).astype(dtype)
+    if options.get("weight") == "random":
+        options["weight"] = rng.random(c) + 0.5
+    t = rng.integers(0, c, n)
+    if options.pop("ignore_fraction", 0):
+        t[::3] = -100
+    got = nbce.cross_entropy(cuda.to_device(x), cuda.to_device(t), reduction=reduction, **options)
+    expected = ref.cross_entropy(x, t, reduction=reduction, **options)
+    close(got, expected, dtype)
+    if reduction != "none":
+        assert got.shape == ()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_cross_entropy_soft_targets_and_host_targets(reduction, rng):
+    x = make_logits(rng, (5, 9), "float64")
+    y = rng.random((5, 9))
+    y /= y.sum(axis=1, keepdims=True)
+    w = rng.random(9)
+    got = nbce.cross_entropy(cuda.to_device(x), cuda.to_device(y), weight=w, label_smoothing=0.1, reduction=reduction)
+    close(got, ref.cross_entropy(x, y, weight=w, label_smoothing=0.1, reduction=reduction))
+    t = rng.integers(0, 9, 5)  # host targets move to the device
+    close(nbce.cross_entropy(cuda.to_device(x), t, reduction=reduction), ref.cross_entropy(x, t, reduction=reduction))
+
+
+def test_all_ignored_mean_is_nan(rng):
+    x = cuda.to_device(make_logits(rng, (3, 4), "float32"))
+    assert np.isnan(host(nbce.cross_entropy(x, np.full(3, -100))))
+
+
+def test_bad_target_raises_the_cpu_error(rng):
+    x = make_logits(rng, (4, 5), "float32")
+    t = np.array([0, 1, 7, 9])
+    with pytest.raises(ValueError) as on_cpu:
+        nbce.cross_entropy(x, t)
+    with pytest.raises(ValueError) as on_gpu:
+        nbce.cross_entropy(cuda.to_device(x), cuda.to_device(t))
+    assert str(on_gpu.value) == str(on_cpu.value)
+    assert "target[2] = 7" in str(on_gpu.value)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_binary(reduction, rng):
+    x = make_logits(rng, (4, 6), "float64")
+    y = rng.random((4, 6))
+    pw = rng.random(6) * 2
+    w = rng.random((4, 6))
+    got = nbce.binary_cross_entropy_with_logits(cuda.to_device(x), cuda.to_device(y), weight=w, pos_weight=pw,
+                                                reduction=reduction)
+    close(got, ref.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw, reduction=reduction))
+    p = 1 / (1 + np.exp(-x))
+    close(nbce.binary_cross_entropy(cuda.to_device(p), cuda.to_device(y), reduction=reduction),
+          ref.binary_cross_entropy(p, y, reduction=reduction))
+
+
+def test_binary_bad_probability(rng):
+    p = np.array([[0.2, 0.5], [1.5, 0.1]])
+    with pytest.raises(ValueError, match=r"probs\[1, 0\] = 1.5"):
+        nbce.binary_cross_entropy(cuda.to_device(p), cuda.to_device(np.zeros((2, 2))))
+
+
+def test_reductions_are_deterministic(rng):
+    x = cuda.to_device(make_logits(rng, (40, 30), "float32"))
+    t = cuda.to_device(rng.integers(0, 30, 40))
+    first = host(nbce.cross_entropy(x, t))
+    assert all(host(nbce.cross_entropy(x, t)) == first for _ in range(3))
+
+
+def test_bfloat16_words_widen_like_ml_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from nbce.cuda import _device
+
+    values = np.array([1.5, -2.25, 3e38, -1e-39, 0.0], dtype=ml_dtypes.bfloat16)
+    words = values.view(np.uint16)
+    widened = [float(_device.bfloat16_to_float32(w)) for w in words]
+    np.testing.assert_array_equal(widened, values.astype(np.float32))
+
+
+def test_non_contiguous_numba_device_array_is_refused(rng):
+    x = cuda.to_device(np.asfortranarray(make_logits(rng, (4, 6), "float32")))
+    with pytest.raises(NotImplementedError, match="class axis last and C-contiguous"):
+        nbce.logsumexp(x)
