@@ -184,3 +184,21 @@ def test_confident_prediction_keeps_relative_accuracy():
     got = nbce.cross_entropy(x, np.array([3]))
     np.testing.assert_allclose(got, expected, rtol=2e-3)
     assert 1e-7 < got < 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_long_rows_with_late_maxima_and_ties(dtype):
+    # Rows of several 2048-element blocks: the maximum first appears late,
+    # ties across blocks, and grows in every block.
+    n = 3 * 2048 + 5
+    x = np.zeros((4, n), dtype)
+    x[0, 5000] = 25.0
+    x[1, 100] = x[1, 4100] = 3.0
+    x[2] = np.linspace(-5.0, 5.0, n)
+    x[3, 10] = -40.0
+    x[3, 6000] = 40.0
+    t = np.array([5000, 4100, n - 1, 6000])
+    got = nbce.cross_entropy(x, t, reduction="none")
+    expected = ref.cross_entropy(x, t, reduction="none")
+    np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == "float32" else 1e-13)
+    np.testing.assert_allclose(nbce.entropy(x), ref.entropy(x), rtol=1e-5, atol=1e-9)

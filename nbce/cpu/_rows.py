@@ -7,9 +7,13 @@ as contiguous 1-D arrays of float64, float32 or 16-bit words (see
     block max  b = max_j x_j                          (integer-key max: vectorizes)
     shift      c = b if b is finite else 0, updated only when b grows
     rescale    s <- s * exp(c_old - c)                (scalar, once per block)
-    accumulate s <- s + sum_j exp(x_j - c)            (vector exp; block re-read from L1)
+    accumulate s <- s + sum_j exp(x_j - c)            (vector exp)
 
     logsumexp(x) = c + log(s)
+
+A block below the running maximum is summed in the same read that finds its
+extrema; the first block, and any block that reaches the maximum, is read a
+second time from L1 once its maximum is known.
 
 Block sums run in the compute type (float32 for float32 and half inputs) over
 at most ``BLOCK`` terms each no larger than 1; blocks are merged in float64,
@@ -50,6 +54,26 @@ def _block_sum_exp(block, shift):
     for j in range(block.size):
         total += exp_term(widen(block[j]) - shift)
     return total
+
+
+@njit(**JIT_OPTIONS)
+def _block_sum_exp_extrema(block, shift):
+    """``_block_sum_exp`` and ``_block_extrema`` in one read of the block.
+
+    The sum is only meaningful when the block's maximum is below ``shift``;
+    the caller checks that and otherwise sums again.
+    """
+    first = widen(block[0])
+    high = order_key(first)
+    low = high
+    total = cast_like(0.0, shift)
+    for j in range(block.size):
+        x = widen(block[j])
+        k = order_key(x)
+        high = k if k > high else high
+        low = k if k < low else low
+        total += exp_term(x - shift)
+    return total, key_to_float(high, first), key_to_float(low, first)
 
 
 @njit(**JIT_OPTIONS)
@@ -105,7 +129,18 @@ def softmax_stats(row, with_entropy):
         # Index loops from 0 over a slice: a loop from `lo` makes numba
         # guard every index against wraparound, which defeats vectorization.
         block = row[lo:lo + BLOCK]
-        block_max, block_min = _block_extrema(block)
+        if not with_entropy and -np.inf < running_max < np.inf:
+            # Common case first: one read that sums against the current
+            # maximum and finds the block's extrema; only a block reaching
+            # the maximum is summed again below.
+            s, block_max, block_min = _block_sum_exp_extrema(block, cast_like(shift, widen(block[0])))
+            if block_max != block_max or block_min != block_min:
+                return np.nan, np.nan
+            if np.float64(block_max) < running_max:
+                total += np.float64(s)
+                continue
+        else:
+            block_max, block_min = _block_extrema(block)
         if block_max != block_max or block_min != block_min:
             return np.nan, np.nan
         new_max = np.float64(block_max)

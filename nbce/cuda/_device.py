@@ -15,6 +15,7 @@ compile_ptx = None if SIMULATOR else cuda.compile_ptx
 # global name ``cuda`` while it runs a kernel.
 __all__ = ["cuda", "jit", "compile_ptx", "SIMULATOR"]
 
+
 def available():
     return SIMULATOR or cuda.is_available()
 
@@ -36,22 +37,26 @@ def device_empty(shape, dtype, stream=0):
 
 
 def as_device_array(obj):
-    """A Numba device array viewing ``obj``'s memory (no copy)."""
+    """A Numba device array viewing ``obj``'s memory (no copy).
+
+    Objects that speak only DLPack go through CuPy, which reads DLPack and
+    exports the CUDA array interface.
+    """
     if is_numba_device_array(obj):
         return obj
+    if not hasattr(obj, "__cuda_array_interface__") and hasattr(obj, "__dlpack__"):
+        try:
+            import cupy
+        except ImportError:
+            raise TypeError(
+                f"{type(obj).__name__} exposes CUDA memory only through DLPack; install CuPy to pass it to nbce"
+            ) from None
+        obj = cupy.from_dlpack(obj)
     return cuda.as_cuda_array(obj)
-
-
-def default_stream():
-    return cuda.default_stream()
 
 
 def external_stream(handle):
     return cuda.external_stream(handle)
-
-
-def synchronize_stream(stream):
-    stream.synchronize()
 
 
 if SIMULATOR:
