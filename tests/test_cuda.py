@@ -45,10 +45,17 @@ def test_softmax_family(shape, dtype, rng):
     assert nbce.logsumexp(d).dtype == (np.float64 if dtype == "float64" else np.float32)
 
 
-def test_rows_split_over_blocks_merge_exactly(rng, monkeypatch):
+def test_launch_shapes_cover_three_regimes():
+    splits, group, _ = cuda_backend._launch_shape(1000, 3)
+    assert splits == 1 and group == 1          # many rows per block
+    splits, group, _ = cuda_backend._launch_shape(1000, 300)
+    assert splits == 1 and group == 8          # a block per row
+    splits, group, _ = cuda_backend._launch_shape(2, 300)
+    assert splits > 1 and group == 8           # rows split over blocks
+
+
+def test_rows_split_over_blocks_merge_exactly(rng):
     x = make_logits(rng, (2, 300), "float64", scale=20.0)
-    splits = cuda_backend._splits(2, 300)
-    assert splits > 1
     close(nbce.logsumexp(cuda.to_device(x)), ref.logsumexp(x))
     close(nbce.entropy(cuda.to_device(x)), ref.entropy(x))
 

@@ -169,13 +169,22 @@ def _kernels(rows):
     return build(THREADS, rows.narrow, rows.bfloat16)
 
 
-def _splits(n_rows, length):
-    """Chunks per row: enough blocks to fill the GPU when rows are few and long."""
-    if n_rows == 0:
-        return 1
-    wanted = math.ceil(BLOCKS_PER_SM * dev.multiprocessor_count() / n_rows)
-    most = max(1, length // (THREADS * MIN_ELEMENTS_PER_THREAD))
-    return max(1, min(wanted, most))
+def _launch_shape(n_rows, length):
+    """(splits, group, blocks) for a row reduction.
+
+    ``group`` threads (a power of two up to a block) share one (row, chunk):
+    short rows get a few threads each and many rows per block, long rows a
+    whole block; when rows are too few to fill the GPU, each is split into
+    ``splits`` chunks merged afterwards.
+    """
+    group = min(THREADS, 1 << max(0, math.ceil(math.log2(max(1, math.ceil(length / MIN_ELEMENTS_PER_THREAD))))))
+    splits = 1
+    if n_rows and group == THREADS:
+        wanted = math.ceil(BLOCKS_PER_SM * dev.multiprocessor_count() / n_rows)
+        most = max(1, length // (THREADS * MIN_ELEMENTS_PER_THREAD))
+        splits = max(1, min(wanted, most))
+    per_block = THREADS // group
+    return splits, group, _grid(math.ceil(n_rows * splits / per_block))
 
 
 def _grid(items):
@@ -184,11 +193,11 @@ def _grid(items):
 
 def _row_states(rows, stream):
     k = _kernels(rows)
-    splits = _splits(rows.n_rows, rows.length)
+    splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
     shape = (rows.n_rows, splits)
     pm, ps, pt = (dev.device_empty(shape, np.float64, stream) for _ in range(3))
     if rows.n_rows:
-        k.stats_partials[_grid(rows.n_rows * splits), THREADS, stream](rows.data, splits, pm, ps, pt)
+        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt)
     return k, pm, ps, pt
 
 
@@ -217,11 +226,11 @@ def normalize(rows, exponentiate, dtype, stream=0):
 
 def _coefficient_sums(rows, soft_rows, weight, smoothing, input_type, lse, stream):
     k = _kernels(rows)
-    splits = _splits(rows.n_rows, rows.length)
+    splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
     sums = dev.device_empty((rows.n_rows, splits), np.float64, stream)
     if rows.n_rows:
-        k.coefficient_sums[_grid(rows.n_rows * splits), THREADS, stream](
-            rows.data, soft_rows, weight, smoothing, input_type, lse, splits, sums)
+        k.coefficient_sums[blocks, THREADS, stream](
+            rows.data, soft_rows, weight, smoothing, input_type, lse, splits, group, sums)
     return sums
 
 

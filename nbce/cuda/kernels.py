@@ -63,6 +63,8 @@ def build(threads, narrow, bfloat16):
         if v > m:
             if m == NEG_INF:
                 return v, s * 0.0 + 1.0, t * 0.0
+            if v == INF:  # the row's logsumexp is +inf, its entropy undefined
+                return v, s * 0.0 + 1.0, NAN
             d = m - v
             a = exp_of(d)
             return v, a * s + 1.0, a * (t + s * d)
@@ -102,46 +104,63 @@ def build(threads, narrow, bfloat16):
         return lo, min(n, lo + size)
 
     @jit(device=True)
-    def block_sum(acc, tid):
-        """Tree-sum ``acc[0:threads]`` in shared memory (fixed order); every thread gets the total."""
+    def group_sum(acc, tid, group):
+        """Tree-sum each aligned group of ``group`` entries of ``acc`` in shared
+        memory (fixed order); every thread gets its group's total.  Called by
+        all threads of the block."""
+        lane = tid % group
         cuda.syncthreads()
-        stride = threads // 2
+        stride = group // 2
         while stride > 0:
-            if tid < stride:
+            if lane < stride:
                 acc[tid] += acc[tid + stride]
             cuda.syncthreads()
             stride //= 2
-        total = acc[0]
+        total = acc[tid - lane]
         cuda.syncthreads()
         return total
 
+    @jit(device=True)
+    def work_items(items, group):
+        """(first, step) of this block's loop over work items, ``threads // group`` per pass."""
+        per_block = threads // group
+        return cuda.blockIdx.x * per_block, cuda.gridDim.x * per_block
+
     @jit
-    def stats_partials(x, splits, pm, ps, pt):
-        """Block (row, chunk) -> merged state of that chunk, into pm/ps/pt[row, chunk]."""
+    def stats_partials(x, splits, group, pm, ps, pt):
+        """A group of ``group`` threads per (row, chunk) -> the chunk's merged
+        state, into pm/ps/pt[row, chunk].  Small rows share a block, long rows
+        get a block per chunk."""
         sm = cuda.shared.array(threads, np.float64)
         ss = cuda.shared.array(threads, np.float64)
         st = cuda.shared.array(threads, np.float64)
         tid = cuda.threadIdx.x
+        lane = tid % group
         n_rows, n = x.shape
-        for item in range(cuda.blockIdx.x, n_rows * splits, cuda.gridDim.x):
-            r = item // splits
-            lo, hi = chunk_bounds(n, splits, item - r * splits)
+        items = n_rows * splits
+        first, step = work_items(items, group)
+        for base in range(first, items, step):  # the same trip count for every thread
+            item = base + tid // group
             m, s, t = NEG_INF, 0.0, 0.0
-            for j in range(lo + tid, hi, threads):
-                m, s, t = push(m, s, t, load(x, r, j))
+            if item < items:
+                r = item // splits
+                lo, hi = chunk_bounds(n, splits, item - r * splits)
+                for j in range(lo + lane, hi, group):
+                    m, s, t = push(m, s, t, load(x, r, j))
             sm[tid], ss[tid], st[tid] = m, s, t
             cuda.syncthreads()
-            stride = threads // 2
+            stride = group // 2
             while stride > 0:
-                if tid < stride:
+                if lane < stride:
                     sm[tid], ss[tid], st[tid] = merge(sm[tid], ss[tid], st[tid],
                                                       sm[tid + stride], ss[tid + stride], st[tid + stride])
                 cuda.syncthreads()
                 stride //= 2
-            if tid == 0:
-                pm[r, item - r * splits] = sm[0]
-                ps[r, item - r * splits] = ss[0]
-                pt[r, item - r * splits] = st[0]
+            if lane == 0 and item < items:
+                r = item // splits
+                pm[r, item - r * splits] = sm[tid]
+                ps[r, item - r * splits] = ss[tid]
+                pt[r, item - r * splits] = st[tid]
             cuda.syncthreads()
 
     @jit(device=True)
@@ -167,26 +186,33 @@ def build(threads, narrow, bfloat16):
         return LOG_CLAMP if lp < LOG_CLAMP else lp
 
     @jit
-    def coefficient_sums(x, y, weight, smoothing, input_type, lse, splits, out):
+    def coefficient_sums(x, y, weight, smoothing, input_type, lse, splits, group, out):
         """out[row, chunk] = sum_c a_c log p_c over the chunk, a_c = w_c when ``y`` has
-        no columns (label smoothing of class indices), else w_c ((1 - eps) y_c + eps / C)."""
+        no columns (label smoothing of class indices), else w_c ((1 - eps) y_c + eps / C).
+        Work is laid out as in ``stats_partials``."""
         acc = cuda.shared.array(threads, np.float64)
         tid = cuda.threadIdx.x
+        lane = tid % group
         n_rows, n = x.shape
         soft = y.shape[1] > 0
-        for item in range(cuda.blockIdx.x, n_rows * splits, cuda.gridDim.x):
-            r = item // splits
-            lo, hi = chunk_bounds(n, splits, item - r * splits)
+        items = n_rows * splits
+        first, step = work_items(items, group)
+        for base in range(first, items, step):
+            item = base + tid // group
             total = 0.0
-            for j in range(lo + tid, hi, threads):
-                a = weight[j]
-                if soft:
-                    a *= (1.0 - smoothing) * load(y, r, j) + smoothing / n
-                if a != 0.0:
-                    total += a * log_prob(load(x, r, j), lse[r], input_type)
+            if item < items:
+                r = item // splits
+                lo, hi = chunk_bounds(n, splits, item - r * splits)
+                for j in range(lo + lane, hi, group):
+                    a = weight[j]
+                    if soft:
+                        a *= (1.0 - smoothing) * load(y, r, j) + smoothing / n
+                    if a != 0.0:
+                        total += a * log_prob(load(x, r, j), lse[r], input_type)
             acc[tid] = total
-            chunk_total = block_sum(acc, tid)
-            if tid == 0:
+            chunk_total = group_sum(acc, tid, group)
+            if lane == 0 and item < items:
+                r = item // splits
                 out[r, item - r * splits] = chunk_total
 
     @jit
@@ -269,8 +295,8 @@ def build(threads, narrow, bfloat16):
                 total += loss
             acc[tid] = total
             count[tid] = bad_here
-            row_total = block_sum(acc, tid)
-            bad_total = block_sum(count, tid)
+            row_total = group_sum(acc, tid, threads)
+            bad_total = group_sum(count, tid, threads)
             if tid == 0:
                 row_sums[r] = row_total
                 if bad_total > 0:
@@ -285,7 +311,7 @@ def build(threads, narrow, bfloat16):
         for i in range(cuda.blockIdx.x * threads + tid, values.size, cuda.gridDim.x * threads):
             total += values[i]
         acc[tid] = total
-        grand_total = block_sum(acc, tid)
+        grand_total = group_sum(acc, tid, threads)
         if tid == 0:
             partials[cuda.blockIdx.x] = grand_total
 

@@ -31,8 +31,8 @@ CAPABILITIES = [(8, 0), (9, 0)]
 def signatures(storage):
     x = types.Array(storage, 2, "C")
     return {
-        "stats_partials": (x, I64, MATRIX_F64, MATRIX_F64, MATRIX_F64),
-        "coefficient_sums": (x, x, VECTOR_F64, F64, I64, VECTOR_F64, I64, MATRIX_F64),
+        "stats_partials": (x, I64, I64, MATRIX_F64, MATRIX_F64, MATRIX_F64),
+        "coefficient_sums": (x, x, VECTOR_F64, F64, I64, VECTOR_F64, I64, I64, MATRIX_F64),
         "class_index_loss": (x, types.Array(I64, 1, "C"), VECTOR_F64, I64, F64, I64, VECTOR_F64, MATRIX_F64,
                              VECTOR_F64, VECTOR_F64, types.Array(I64, 1, "C")),
         "normalize": (x, VECTOR_F64, types.boolean, types.Array(types.float32, 2, "C")),
