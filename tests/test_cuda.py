@@ -172,3 +172,18 @@ def test_non_contiguous_numba_device_array_is_refused(rng):
     x = cuda.to_device(np.asfortranarray(make_logits(rng, (4, 6), "float32")))
     with pytest.raises(NotImplementedError, match="class axis last and C-contiguous"):
         nbce.logsumexp(x)
+
+
+def test_operands_on_another_gpu_are_refused():
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+    class Tensor:  # stands in for a torch CUDA tensor on GPU 1
+        __module__ = "torch"
+        device = Device(1)
+
+    assert cuda_backend.device_ordinal(Tensor()) == 1
+    with pytest.raises(ValueError, match="target is on GPU 1 but the logits are on GPU 0"):
+        cuda_backend.check_same_device(cuda_backend.device_ordinal(Tensor()), 0, "target")
+    cuda_backend.check_same_device(None, 0, "target")  # unknown: Numba device arrays

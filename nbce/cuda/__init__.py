@@ -59,6 +59,7 @@ class DeviceRows:
     length: int
     bfloat16: bool
     narrow: bool
+    device: object  # GPU ordinal when the array's library reports one
 
     @property
     def n_rows(self):
@@ -155,12 +156,30 @@ def as_rows(array, axis):
     length = array.shape[axis]
     data = _class_last_contiguous(array, axis)
     rows = data.reshape(prod(batch_shape), length)
-    return DeviceRows(rows, tuple(batch_shape), length, array.bfloat16, array.dtype != np.float64)
+    return DeviceRows(rows, tuple(batch_shape), length, array.bfloat16, array.dtype != np.float64,
+                      device_ordinal(array.source))
 
 
-def _to_device(values, dtype, stream):
-    """Small host operands (targets, weights) move to the device; device ones stay."""
+def device_ordinal(obj):
+    """The GPU an array lives on, for CuPy arrays and PyTorch tensors (None if unknown)."""
+    library = _library(obj)
+    if library == "torch":
+        return obj.device.index
+    if library == "cupy":
+        return obj.device.id
+    return None
+
+
+def check_same_device(other, device, name):
+    """ValueError when two known GPU ordinals differ."""
+    if None not in (other, device) and other != device:
+        raise ValueError(f"{name} is on GPU {other} but the logits are on GPU {device}; move it to GPU {device}")
+
+
+def _to_device(values, dtype, stream, device=None, name="target"):
+    """Small host operands (targets, weights) move to the device; device ones stay (on the logits' GPU)."""
     if is_device_array(values):
+        check_same_device(device_ordinal(values), device, name)
         return dev.as_device_array(values)
     return dev.to_device(np.ascontiguousarray(values, dtype=dtype), stream=stream)
 
@@ -240,8 +259,8 @@ def _no_columns(rows, stream):
 
 def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=0):
     """(loss, target weight) per row; raises the CPU's ValueError for a bad class index."""
-    target = _to_device(target, np.int64, stream)
-    weight = _to_device(weight, np.float64, stream)
+    target = _to_device(target, np.int64, stream, rows.device, "target")
+    weight = _to_device(weight, np.float64, stream, rows.device, "weight")
     lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
     sums = _coefficient_sums(rows, _no_columns(rows, stream), weight, smoothing, input_type, lse, stream)
     loss = dev.device_empty(rows.n_rows, np.float64, stream)
@@ -263,7 +282,8 @@ def _zeros(n, stream):
 
 
 def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=0):
-    weight = _to_device(weight, np.float64, stream)
+    check_same_device(target_rows.device, rows.device, "target")
+    weight = _to_device(weight, np.float64, stream, rows.device, "weight")
     lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
     sums = _coefficient_sums(rows, target_rows.data, weight, smoothing, input_type, lse, stream)
     loss = dev.device_empty(rows.n_rows, np.float64, stream)
@@ -320,6 +340,10 @@ def _broadcast_operand(values, shape, name, stream):
 
 
 def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=0):
+    device = device_ordinal(x.source)
+    check_same_device(device_ordinal(y.source), device, "target")
+    for values, name in ((weight, "weight"), (pos_weight, "pos_weight")):
+        check_same_device(device_ordinal(values), device, name)
     shape = x.shape
     x2, y2 = _two_dimensional(x), _two_dimensional(y)
     w2 = _broadcast_operand(weight, shape, "weight", stream)
