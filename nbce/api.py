@@ -63,7 +63,7 @@ def _normalized(x, axis, exponentiate, stream):
     backend, array, axis, rows, stream = _scores(x, axis, stream, "x")
     out = backend.normalize(rows, exponentiate, result_dtype(array.dtype), stream)
     out = backend.wrap_like(out.reshape(*rows.batch_shape, rows.length), x)
-    return out if axis == array.ndim - 1 else np.moveaxis(out, -1, axis)
+    return out if axis == array.ndim - 1 else backend.move_class_axis(out, axis)
 
 
 def log_softmax(x, *, axis=-1, stream=None):

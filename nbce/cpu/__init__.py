@@ -12,7 +12,7 @@ from .._arrays import as_float_array, as_rows
 from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "normalize", "class_index_loss",
-           "soft_target_loss", "binary_loss", "finish", "reduce", "wrap_like"]
+           "soft_target_loss", "binary_loss", "finish", "reduce", "wrap_like", "move_class_axis"]
 
 
 def resolve_stream(stream, like):
@@ -122,3 +122,8 @@ def reduce(values, reduction, dtype, denominator, stream=None):
 
 def wrap_like(result, like):
     return result
+
+
+def move_class_axis(out, axis):
+    """A class-last result viewed with its class axis back at ``axis``."""
+    return np.moveaxis(out, -1, axis)

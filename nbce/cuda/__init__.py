@@ -403,3 +403,15 @@ def wrap_like(result, like):
 
         return torch.as_tensor(result, device=like.device)
     return result
+
+
+def move_class_axis(out, axis):
+    """A class-last result (already in the caller's array type) with its class axis back at ``axis``."""
+    library = _library(out)
+    if library == "cupy":
+        import cupy
+
+        return cupy.moveaxis(out, -1, axis)
+    if library == "torch":
+        return out.movedim(-1, axis)
+    raise NotImplementedError("Numba device arrays take the class axis last on the GPU")
