@@ -115,18 +115,21 @@ _term_float32 = _make_exp(np.float32, 6, -87.33654, 88.3, 12, False)
 _term_float64 = _make_exp(np.float64, 13, -708.3964185322641, 709.0, 32, False)
 
 
+def _overload_by_float(stub, float32_impl, float64_impl):
+    """Compile calls of ``stub`` to ``float32_impl`` or ``float64_impl`` by argument type."""
+
+    @overload(stub)
+    def _impl(x):
+        if x == types.float32:
+            return lambda x: float32_impl(x)
+        if x == types.float64:
+            return lambda x: float64_impl(x)
+        raise TypingError(f"{stub.__name__}: expected float32 or float64, got {x}")
+
+
 def vexp(x):  # pragma: no cover - replaced by the overload in compiled code
     """exp(x) for float32/float64 scalars, vectorizable inside loops."""
     return np.exp(x)
-
-
-@overload(vexp)
-def _vexp_impl(x):
-    if x == types.float32:
-        return lambda x: _exp_float32(x)
-    if x == types.float64:
-        return lambda x: _exp_float64(x)
-    raise TypingError(f"vexp: expected float32 or float64, got {x}")
 
 
 def exp_term(x):  # pragma: no cover - replaced by the overload in compiled code
@@ -134,10 +137,5 @@ def exp_term(x):  # pragma: no cover - replaced by the overload in compiled code
     return np.exp(x)
 
 
-@overload(exp_term)
-def _exp_term_impl(x):
-    if x == types.float32:
-        return lambda x: _term_float32(x)
-    if x == types.float64:
-        return lambda x: _term_float64(x)
-    raise TypingError(f"exp_term: expected float32 or float64, got {x}")
+_overload_by_float(vexp, _exp_float32, _exp_float64)
+_overload_by_float(exp_term, _term_float32, _term_float64)

@@ -77,28 +77,15 @@ def _block_sum_exp_extrema(block, shift):
 
 
 @njit(**JIT_OPTIONS)
-def _block_sum_exp_split(block, shift):
-    """sum_j exp(x_j - shift) as (count of terms equal to 1, sum of the others).
+def _block_sums_split(block, shift):
+    """For a block that reaches the row maximum ``shift``: sum_j exp(x_j - shift)
+    as (count of terms equal to 1, sum of the others), and the entropy moment
+    sum_j e_j d_j with d_j = x_j - shift (0 * -inf = 0).
 
-    For the block holding the row maximum: its terms exp(0) = 1 are counted,
-    not added.  A float32 sum holding a 1 keeps only ~1e-7 of the rest, and
-    for a confident prediction that rest *is* the loss (log(1 + rest) ~ rest).
+    The terms exp(0) = 1 are counted, not added: a float32 sum holding a 1
+    keeps only ~1e-7 of the rest, and for a confident prediction that rest
+    *is* the loss (log(1 + rest) ~ rest).
     """
-    zero = cast_like(0.0, shift)
-    one = cast_like(1.0, shift)
-    rest = zero
-    ones = zero
-    for j in range(block.size):
-        d = widen(block[j]) - shift
-        e = exp_term(d)
-        rest += e if d != zero else zero
-        ones += one if d == zero else zero
-    return ones, rest
-
-
-@njit(**JIT_OPTIONS)
-def _block_sum_exp_entropy(block, shift):
-    """``_block_sum_exp`` plus sum_j e_j * d_j with d_j = x_j - shift (0 * -inf = 0)."""
     zero = cast_like(0.0, shift)
     one = cast_like(1.0, shift)
     rest = zero
@@ -154,11 +141,9 @@ def softmax_stats(row, with_entropy):
             running_max = new_max
             shift = new_shift
         block_shift = cast_like(shift, block_max)
-        if with_entropy:
-            ones, rest, t = _block_sum_exp_entropy(block, block_shift)
+        if with_entropy or new_max == running_max:
+            ones, rest, t = _block_sums_split(block, block_shift)
             moment += np.float64(t)
-        elif new_max == running_max:
-            ones, rest = _block_sum_exp_split(block, block_shift)
         else:
             ones, rest = 0.0, np.float64(_block_sum_exp(block, block_shift))
         total += np.float64(ones) + np.float64(rest)
