@@ -35,6 +35,12 @@ def test_sum_of_exponentials_is_vectorized(dtype):
     assert "call" not in "".join(line for line in asm.splitlines() if "exp" in line.lower() and "call" in line)
 
 
+@pytest.mark.parametrize("with_moment", [False, True])
+def test_split_sum_of_the_max_block_is_vectorized(with_moment):
+    asm = _asm(_rows._block_sums_split, np.zeros(2048, np.float32), np.float32(0.0), with_moment)
+    assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 6
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_block_extrema_is_vectorized(dtype):
     asm = _asm(_rows._block_extrema, np.zeros(2048, dtype))

@@ -77,10 +77,10 @@ def _block_sum_exp_extrema(block, shift):
 
 
 @njit(**JIT_OPTIONS)
-def _block_sums_split(block, shift):
+def _block_sums_split(block, shift, with_moment):
     """For a block that reaches the row maximum ``shift``: sum_j exp(x_j - shift)
-    as (count of terms equal to 1, sum of the others), and the entropy moment
-    sum_j e_j d_j with d_j = x_j - shift (0 * -inf = 0).
+    as (count of terms equal to 1, sum of the others), and, ``with_moment``,
+    the entropy moment sum_j e_j d_j with d_j = x_j - shift (0 * -inf = 0).
 
     The terms exp(0) = 1 are counted, not added: a float32 sum holding a 1
     keeps only ~1e-7 of the rest, and for a confident prediction that rest
@@ -96,7 +96,8 @@ def _block_sums_split(block, shift):
         e = exp_term(d)
         rest += e if d != zero else zero
         ones += one if d == zero else zero
-        moment += e * d if e > zero else zero
+        if with_moment:  # loop-invariant: LLVM makes two loops of this one
+            moment += e * d if e > zero else zero
     return ones, rest, moment
 
 
@@ -142,7 +143,7 @@ def softmax_stats(row, with_entropy):
             shift = new_shift
         block_shift = cast_like(shift, block_max)
         if with_entropy or new_max == running_max:
-            ones, rest, t = _block_sums_split(block, block_shift)
+            ones, rest, t = _block_sums_split(block, block_shift, with_entropy)
             moment += np.float64(t)
         else:
             ones, rest = 0.0, np.float64(_block_sum_exp(block, block_shift))
