@@ -1,4 +1,5 @@
 import os
+from collections import namedtuple
 
 # The GPU tests run on Numba's CUDA simulator unless NBCE_TEST_REAL_GPU=1.
 # This must be set before numba is first imported.
@@ -53,3 +54,24 @@ def assert_close(actual, expected, dtype):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+BACKENDS = ["cpu", "cuda"]
+Backend = namedtuple("Backend", "name to_device to_host")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """(name, to_device, to_host) for running a test on the CPU or the CUDA backend.
+
+    The CUDA backend runs on the simulator here (8 threads per block, so rows
+    span several blocks); host operands such as weights stay on the host.
+    """
+    if request.param == "cpu":
+        return Backend("cpu", lambda a: a, lambda r: r)
+    cuda_backend = pytest.importorskip("nbce.cuda")
+    from numba import cuda
+
+    monkeypatch.setattr(cuda_backend, "THREADS", 8)
+    monkeypatch.setattr(cuda_backend, "MIN_ELEMENTS_PER_THREAD", 4)
+    return Backend("cuda", cuda.to_device, lambda r: r.copy_to_host())
