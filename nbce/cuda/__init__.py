@@ -75,10 +75,6 @@ def require_device():
         )
 
 
-def is_device_array(obj):
-    return is_cuda_array(obj)
-
-
 def resolve_stream(stream, like):
     """The stream to launch on: the caller's, else CuPy's or PyTorch's current one, else the default."""
     if stream is not None:
@@ -178,7 +174,7 @@ def check_same_device(other, device, name):
 
 def _to_device(values, dtype, stream, device=None, name="target"):
     """Small host operands (targets, weights) move to the device; device ones stay (on the logits' GPU)."""
-    if is_device_array(values):
+    if is_cuda_array(values):
         check_same_device(device_ordinal(values), device, name)
         return dev.as_device_array(values)
     return dev.to_device(np.ascontiguousarray(values, dtype=dtype), stream=stream)
@@ -292,7 +288,7 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=0)
     return loss
 
 
-def total(values, stream=0, threads=None):
+def total(values, stream=0):
     """Deterministic float64 sum of a device vector, as a 1-element device array."""
     k = build(THREADS, False, False)
     blocks = max(1, min(1024, math.ceil(values.size / THREADS)))
@@ -304,7 +300,7 @@ def total(values, stream=0, threads=None):
 
 
 def target_dtype(target):
-    if is_device_array(target):
+    if is_cuda_array(target):
         return np.dtype(dev.as_device_array(target).dtype)
     return np.asarray(target).dtype
 
@@ -322,7 +318,7 @@ def _broadcast_operand(values, shape, name, stream):
     length = shape[-1] if shape else 1
     if values is None:
         return dev.to_device(np.ones((1, 1)), stream=stream)
-    if is_device_array(values):
+    if is_cuda_array(values):
         data = dev.as_device_array(values)
         vshape = tuple(data.shape)
         if vshape in ((), (1,), (length,)) or (len(vshape) == len(shape) and vshape == tuple(shape)):
