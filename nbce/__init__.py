@@ -12,10 +12,14 @@ from .api import (
     logsumexp,
     softmax,
 )
+from .evaluation import EvalResult, Evaluator, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EvalResult",
+    "Evaluator",
+    "evaluate",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",

@@ -27,3 +27,12 @@ def backend_for(logits):
         cuda.require_device()
         return cuda
     return cpu
+
+
+def gpu_available():
+    """True when a real CUDA GPU can run kernels (not the simulator, not without numba-cuda)."""
+    try:
+        from .cuda import _device
+    except ImportError:
+        return False
+    return not _device.SIMULATOR and _device.available()

@@ -12,7 +12,7 @@ from .._arrays import as_float_array, as_rows
 from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "normalize", "class_index_loss",
-           "soft_target_loss", "binary_loss", "finish", "reduce", "wrap_like", "move_class_axis"]
+           "soft_target_loss", "row_metrics", "to_host", "host_array", "binary_loss", "finish", "reduce", "wrap_like", "move_class_axis"]
 
 
 def resolve_stream(stream, like):
@@ -39,19 +39,26 @@ def normalize(rows, exponentiate, dtype, stream=None):
     return out
 
 
-def _checked_class_indices(target, batch_shape, n_classes, ignore_index):
-    """Flat int64 class indices; a value outside [0, C) that is not ignored raises."""
+def _checked_class_indices(target, n_classes, ignore_index, first_row=0):
+    """Flat int64 class indices; a value outside [0, C) that is not ignored raises.
+
+    ``first_row`` shifts the first index of the reported position (for a
+    chunk of a larger array).
+    """
     target = np.asarray(target)
     bad = _checks.out_of_range_targets(target, n_classes, ignore_index)
     if bad.any():
         position = np.unravel_index(int(np.argmax(bad)), target.shape)
-        _checks.raise_bad_target(position, target[position], n_classes, ignore_index)
+        value = target[position]
+        if position:
+            position = (position[0] + first_row, *position[1:])
+        _checks.raise_bad_target(position, value, n_classes, ignore_index)
     return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
 
 
 def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=None):
     """(loss, weight of the target class) per row."""
-    indices = _checked_class_indices(target, rows.batch_shape, rows.length, ignore_index)
+    indices = _checked_class_indices(target, rows.length, ignore_index)
     loss = np.empty(rows.n_rows, dtype=np.float64)
     target_weight = np.empty(rows.n_rows, dtype=np.float64)
     kernels.class_index_rows(rows.base, rows.geom, rows.length, indices, weight, ignore_index,
@@ -65,6 +72,27 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=No
     kernels.soft_target_rows(rows.base, rows.geom, rows.length, target_rows.base, target_rows.geom,
                              weight, smoothing, input_type, loss)
     return loss
+
+
+def row_metrics(rows, target, ignore_index, first_row=0, stream=None):
+    """(loss, rank, entropy, confidence) per row, from one read of each row
+    (see ``kernels.metric_rows``); a bad class index raises."""
+    indices = _checked_class_indices(target, rows.length, ignore_index, first_row)
+    n = rows.n_rows
+    loss, entropy, confidence = (np.empty(n, dtype=np.float64) for _ in range(3))
+    rank = np.empty(n, dtype=np.int64)
+    kernels.metric_rows(rows.base, rows.geom, rows.length, indices, ignore_index, loss, rank, entropy,
+                        confidence)
+    return loss, rank, entropy, confidence
+
+
+def to_host(arrays, stream=None):
+    """Per-row results are already host arrays."""
+    return arrays
+
+
+def host_array(values):
+    return np.asarray(values)
 
 
 _ONE = np.ones((), dtype=np.float64)

@@ -87,6 +87,18 @@ def order_key(typingctx, value):
 
 
 @intrinsic
+def float64_bits(typingctx, value):
+    """The IEEE bits of a float64 as an int64 (a register bitcast, no memory)."""
+    if value != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(value), codegen
+
+
+@intrinsic
 def key_to_float(typingctx, key, like):
     """Inverse of ``order_key``; ``like`` only selects the float type."""
     if like not in (types.float32, types.float64) or not isinstance(key, types.Integer):

@@ -102,35 +102,51 @@ def _block_sums_split(block, shift, with_moment):
 
 
 @njit(**JIT_OPTIONS)
-def softmax_stats(row, with_entropy):
-    """Stream one row: return (logsumexp, entropy) in float64.
+def _count_above(block, pivot):
+    """Number of entries strictly greater than ``pivot`` (compare-and-add: vectorizes)."""
+    n = 0
+    for j in range(block.size):
+        n += 1 if widen(block[j]) > pivot else 0
+    return n
+
+
+@njit(**JIT_OPTIONS)
+def row_stats(row, with_entropy, count_above, pivot):
+    """Stream one row: return (logsumexp, entropy, max, above) with float64
+    statistics.
 
     entropy = -sum_j p_j log p_j = log(s) - t/s with t = sum_j e_j (x_j - c);
     it is only accumulated (and only meaningful) when ``with_entropy``.
-    A NaN anywhere gives (nan, nan); a +inf gives (inf, nan).
+    ``above`` counts the entries strictly greater than ``pivot`` (in the
+    row's compute type) when ``count_above``; each block is counted while it
+    is still in L1, so the row is read from memory once.
+    A NaN anywhere gives (nan, nan, nan, 0); a +inf gives (inf, nan, inf, ...).
     """
     shift = 0.0
     running_max = -np.inf
     total = 0.0
     moment = 0.0
+    above = 0
     for lo in range(0, row.size, BLOCK):
         # Index loops from 0 over a slice: a loop from `lo` makes numba
         # guard every index against wraparound, which defeats vectorization.
         block = row[lo:lo + BLOCK]
+        if count_above:
+            above += _count_above(block, pivot)
         if not with_entropy and -np.inf < running_max < np.inf:
             # Common case first: one read that sums against the current
             # maximum and finds the block's extrema; only a block reaching
             # the maximum is summed again below.
             s, block_max, block_min = _block_sum_exp_extrema(block, cast_like(shift, widen(block[0])))
             if block_max != block_max or block_min != block_min:
-                return np.nan, np.nan
+                return np.nan, np.nan, np.nan, 0
             if np.float64(block_max) < running_max:
                 total += np.float64(s)
                 continue
         else:
             block_max, block_min = _block_extrema(block)
         if block_max != block_max or block_min != block_min:
-            return np.nan, np.nan
+            return np.nan, np.nan, np.nan, 0
         new_max = np.float64(block_max)
         if new_max > running_max:
             new_shift = new_max if np.isfinite(new_max) else 0.0
@@ -149,9 +165,16 @@ def softmax_stats(row, with_entropy):
             ones, rest = 0.0, np.float64(_block_sum_exp(block, block_shift))
         total += np.float64(ones) + np.float64(rest)
     if running_max == np.inf:
-        return np.inf, np.nan
+        return np.inf, np.nan, np.inf, above
     log_total = np.log(total)
-    return shift + log_total, log_total - moment / total
+    return shift + log_total, log_total - moment / total, running_max, above
+
+
+@njit(**JIT_OPTIONS)
+def softmax_stats(row, with_entropy):
+    """(logsumexp, entropy) of one row in float64; see ``row_stats``."""
+    lse, entropy, _, _ = row_stats(row, with_entropy, False, widen(row[0]))
+    return lse, entropy
 
 
 @njit(**JIT_OPTIONS)

@@ -12,12 +12,14 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._bits import widen
 from ._exp import vexp
 from ._rows import (
     LOG_CLAMP,
     LOGITS,
     log_prob,
+    row_stats,
     soft_target_sum,
     softmax_stats,
     weighted_log_prob_sum,
@@ -112,6 +114,37 @@ def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, i
         lse = softmax_stats(row, False)[0] if input_type == LOGITS else 0.0
         loss_out[r] = -soft_target_sum(row, t_base, row_offset(t_geom, r), t_step, weight, smoothing,
                                        lse, input_type)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out, entropy_out,
+                confidence_out):
+    """Every per-row evaluation metric in one read of the row:
+
+    loss       = logsumexp(x) - x_t                  (cross-entropy, nats)
+    rank       = #{c : x_c > x_t}                    (0: the target is an argmax; ties favour it)
+    entropy    = -sum_c p_c log p_c
+    confidence = max_c p_c = exp(max_c x_c - logsumexp(x))
+
+    Ignored rows are not read and get rank ``IGNORED_ROW``; rows holding a
+    NaN get rank ``UNDEFINED_ROW`` and NaN statistics.  Targets must already
+    be valid class indices.
+    """
+    for r in prange(loss_out.size):
+        t = target[r]
+        if t == ignore_index:
+            rank_out[r] = IGNORED_ROW
+            loss_out[r] = 0.0
+            entropy_out[r] = 0.0
+            confidence_out[r] = 0.0
+            continue
+        row = load_row(base, geom, n_classes, r)
+        pivot = widen(row[t])
+        lse, entropy, top, above = row_stats(row, True, True, pivot)
+        loss_out[r] = lse - np.float64(pivot)
+        rank_out[r] = above if lse == lse else UNDEFINED_ROW
+        entropy_out[r] = entropy
+        confidence_out[r] = np.exp(top - lse)
 
 
 @njit(**JIT_OPTIONS)

@@ -1,0 +1,349 @@
+"""Batch evaluation: every metric of a scored data set in one pass, in bounded memory.
+
+For each row of logits :math:`x` with target class :math:`t` (rows whose
+target is ``ignore_index`` are skipped) and weight :math:`w` (1 by default),
+one read of the row gives
+
+* the cross-entropy :math:`\\ell = \\operatorname{logsumexp}(x) - x_t` (nats),
+* the rank :math:`\\rho = \\#\\{c : x_c > x_t\\}` of the target; a tie with the
+  target counts in its favour, so the target is a top-k prediction iff
+  :math:`\\rho < k`,
+* the entropy :math:`H = -\\sum_c p_c \\log p_c` of :math:`p = \\operatorname{softmax}(x)`,
+* the confidence :math:`\\max_c p_c`.
+
+``Evaluator`` adds these to exact sums (see ``nbce._exact``): the figures do
+not depend on how the data were chunked, nor on the order of ``merge``.
+"""
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from . import _checks
+from ._arrays import normalize_axis
+from ._chunks import Chunk, default_chunk_rows, row_chunks
+from ._dispatch import gpu_available, is_cuda_array
+from ._exact import accumulators, merge_into, value
+from ._progress import Progress
+from ._tally import (
+    BIN_CONFIDENCE,
+    BIN_CORRECT,
+    ENTROPY,
+    IGNORED,
+    LOSS,
+    N_COUNTS,
+    ROWS,
+    UNCALIBRATED,
+    UNDEFINED,
+    WEIGHT,
+    Layout,
+    calibration_edges,
+    tally,
+)
+from .api import _scores
+
+__all__ = ["EvalResult", "Evaluator", "evaluate"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics of an evaluation (all float64 figures, computed from exact sums).
+
+    With :math:`W = \\sum w` over the rows scored:
+
+    * ``loss``: :math:`\\sum w \\ell / W`, the weighted mean cross-entropy in nats;
+    * ``perplexity``: :math:`e^{\\text{loss}}`; ``bits_per_token``: loss / ln 2;
+    * ``accuracy``: {k: :math:`\\sum_{\\rho < k} w / W`} (top-k accuracy);
+    * ``entropy``: :math:`\\sum w H / W`, the mean predictive entropy (nats);
+    * ``ece``: expected calibration error over equal-width confidence bins
+      :math:`B_b = (b/n, (b+1)/n]`:
+      :math:`\\sum_b |\\sum_{B_b} w [\\rho = 0] - \\sum_{B_b} w \\max p| / W`;
+    * ``count``: rows scored; ``ignored``: rows whose target was ``ignore_index``.
+
+    With no row scored (or :math:`W = 0`) the means are NaN, as PyTorch's
+    mean over no element.  A row holding a NaN makes every figure NaN.
+    """
+
+    loss: float
+    perplexity: float
+    bits_per_token: float
+    accuracy: dict = field(hash=False)
+    entropy: float
+    ece: float
+    count: int
+    ignored: int
+
+    def to_dict(self):
+        """A JSON-ready dict: NaN and infinities become ``None`` (JSON has neither)."""
+        def clean(x):
+            return x if math.isfinite(x) else None
+
+        return {
+            "loss": clean(self.loss),
+            "perplexity": clean(self.perplexity),
+            "bits_per_token": clean(self.bits_per_token),
+            "accuracy": {str(k): clean(v) for k, v in self.accuracy.items()},
+            "entropy": clean(self.entropy),
+            "ece": clean(self.ece),
+            "count": self.count,
+            "ignored": self.ignored,
+        }
+
+
+def _top_k_values(top_k):
+    values = (top_k,) if isinstance(top_k, (int, np.integer)) else tuple(top_k)
+    for k in values:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"top_k must be positive integers, got {top_k!r}")
+        if k < 1:
+            raise ValueError(f"top_k must be positive integers, got {top_k!r}")
+    if not values:
+        raise ValueError("top_k must name at least one k")
+    return tuple(sorted({int(k) for k in values}))
+
+
+def _positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _ratio(numerator, denominator):
+    if denominator == 0.0:
+        return math.nan
+    return numerator / denominator
+
+
+class Evaluator:
+    """Streaming evaluation state: ``update`` with chunks, ``merge`` states, ``compute`` the metrics.
+
+    Parameters
+    ----------
+    top_k : int or tuple of int, the k of the top-k accuracies
+    ignore_index : int, targets equal to it are skipped (counted in ``ignored``)
+    axis : int, the class axis of the logits
+    calibration_bins : int, equal-width confidence bins of the ECE
+
+    The state is a few hundred float64 partial sums and four integer counts:
+    it pickles, and ``merge`` is exact, so evaluations of parts of a data set
+    (other processes, other machines) combine into exactly the evaluation of
+    the whole.
+    """
+
+    def __init__(self, *, top_k=(1, 5), ignore_index=-100, axis=-1, calibration_bins=15):
+        self.top_k = _top_k_values(top_k)
+        self.ignore_index = _checks.check_ignore_index(ignore_index)
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"axis must be an integer, got {axis!r}")
+        self.axis = int(axis)
+        self.calibration_bins = _positive_int(calibration_bins, "calibration_bins")
+        self._layout = Layout(len(self.top_k), self.calibration_bins)
+        self._top_k_array = np.array(self.top_k, dtype=np.int64)
+        self._edges = calibration_edges(self.calibration_bins)
+        self.reset()
+
+    def reset(self):
+        """Forget every update."""
+        self._sums = accumulators(self._layout.size)
+        self._counts = np.zeros(N_COUNTS, dtype=np.int64)
+        return self
+
+    def options(self):
+        return dict(top_k=self.top_k, ignore_index=self.ignore_index, axis=self.axis,
+                    calibration_bins=self.calibration_bins)
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"Evaluator({options}; {int(self._counts[ROWS])} rows)"
+
+    def update(self, logits, target, *, weight=None, stream=None):
+        """Add one chunk: ``logits`` (host or CUDA array, class axis ``axis``) and
+        integer class indices ``target`` (the logits' shape without the class
+        axis); ``weight``, optional, non-negative, has ``target``'s shape.
+
+        A class index outside [0, C) that is not ``ignore_index`` raises
+        ``ValueError`` naming its position.  Returns ``self``.
+        """
+        self._update(logits, target, weight, stream, first_row=0)
+        return self
+
+    def _update(self, logits, target, weight, stream, first_row):
+        backend, _, _, rows, stream = _scores(logits, self.axis, stream)
+        _check_targets(backend, target, rows.batch_shape)
+        weights = _host_weights(backend, weight, rows.batch_shape)
+        per_row = backend.row_metrics(rows, target, self.ignore_index, first_row, stream)
+        self._tally(backend.to_host(per_row, stream), weights)
+
+    def _tally(self, per_row, weights):
+        loss, rank, entropy, confidence = per_row
+        tally(loss, rank, entropy, confidence, weights, self._top_k_array, self._edges, *self._sums,
+              self._counts)
+
+    def merge(self, other):
+        """Add ``other``'s evaluation to this one, exactly; returns ``self``."""
+        if not isinstance(other, Evaluator):
+            raise TypeError(f"can only merge another Evaluator, got {type(other).__name__}")
+        if (other.top_k, other.calibration_bins) != (self.top_k, self.calibration_bins):
+            raise ValueError(
+                f"cannot merge evaluators with different metrics: top_k {other.top_k} and "
+                f"calibration_bins {other.calibration_bins} vs top_k {self.top_k} and "
+                f"calibration_bins {self.calibration_bins}"
+            )
+        merge_into(*self._sums, *other._sums)
+        self._counts += other._counts
+        return self
+
+    def _sum(self, index):
+        return value(*self._sums, index)
+
+    def compute(self):
+        """The metrics so far, as an ``EvalResult``."""
+        layout = self._layout
+        counts = self._counts
+        total_weight = self._sum(WEIGHT)
+        loss = _ratio(self._sum(LOSS), total_weight)
+        undefined = counts[UNDEFINED] > 0
+        accuracy = {
+            k: math.nan if undefined else _ratio(self._sum(layout.top_k(i)), total_weight)
+            for i, k in enumerate(self.top_k)
+        }
+        if undefined or counts[UNCALIBRATED] > 0:
+            ece = math.nan
+        else:
+            gaps = (abs(self._sum(layout.bin(b, BIN_CORRECT)) - self._sum(layout.bin(b, BIN_CONFIDENCE)))
+                    for b in range(self.calibration_bins))
+            ece = _ratio(math.fsum(gaps), total_weight)
+        with np.errstate(over="ignore"):
+            perplexity = float(np.exp(loss))
+        return EvalResult(
+            loss=loss,
+            perplexity=perplexity,
+            bits_per_token=loss / math.log(2),
+            accuracy=accuracy,
+            entropy=_ratio(self._sum(ENTROPY), total_weight),
+            ece=ece,
+            count=int(counts[ROWS]),
+            ignored=int(counts[IGNORED]),
+        )
+
+
+def _check_targets(backend, target, batch_shape):
+    kind = backend.target_dtype(target)
+    if kind.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {kind}")
+    shape = getattr(target, "shape", None)
+    _checks.check_shape("target", np.shape(target) if shape is None else tuple(shape), batch_shape,
+                        "class indices have the logits' shape without the class axis")
+
+
+def _host_weights(backend, weight, batch_shape):
+    """Row weights as a flat float64 host array (empty when unweighted)."""
+    if weight is None:
+        return np.empty(0)
+    array = backend.host_array(weight)
+    if array.dtype.kind not in "fiub" or array.dtype.name == "bfloat16":
+        raise TypeError(f"weight must be a real array, got dtype {array.dtype}")
+    _checks.check_shape("weight", array.shape, batch_shape, "one weight per target")
+    array = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
+    if not np.all(array >= 0.0) or not np.all(np.isfinite(array)):
+        raise ValueError("weight must be finite and non-negative")
+    return array
+
+
+def _as_array(values):
+    if is_cuda_array(values) or isinstance(values, np.ndarray):
+        return values
+    return np.asarray(values)
+
+
+def _pairs(chunks):
+    """Chunks from an iterable of (logits, target) or (logits, target, weight)."""
+    first_row = 0
+    for item in chunks:
+        try:
+            logits, target, *rest = item
+        except (TypeError, ValueError):
+            raise TypeError("expected an iterable of (logits, target) or (logits, target, weight) chunks") from None
+        if len(rest) > 1:
+            raise TypeError("expected an iterable of (logits, target) or (logits, target, weight) chunks")
+        target = _as_array(target)
+        rows = prod(target.shape)
+        yield Chunk(first_row, _as_array(logits), target, rest[0] if rest else None, rows)
+        first_row += target.shape[0] if target.ndim else 1
+
+
+def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=False, device="auto",
+             **evaluator_options):
+    """Evaluate a whole data set chunk by chunk; returns an ``EvalResult``.
+
+    ``logits``/``target``: arrays of any size — NumPy arrays, memory maps
+    (``np.load(path, mmap_mode="r")``) larger than RAM, or CUDA arrays — read
+    ``chunk_rows`` entries of the first batch axis at a time (default: about
+    64 MiB of logits).  Alternatively ``target=None`` and ``logits`` an
+    iterable of ``(logits, target)`` or ``(logits, target, weight)`` chunks.
+
+    ``device``: ``"cpu"``, ``"cuda"`` (host chunks are streamed to the GPU) or
+    ``"auto"`` (the GPU for CUDA arrays, and for host arrays when a GPU is
+    present).  ``progress=True`` shows rows/s and GB/s on stderr.  Other
+    keywords go to ``Evaluator`` (``top_k``, ``ignore_index``, ``axis``,
+    ``calibration_bins``).
+
+    Memory: one chunk of a mapped file is resident at a time, plus O(chunk)
+    per-row metrics; the result equals ``Evaluator().update(logits, target)``
+    bit for bit.
+    """
+    evaluator = Evaluator(**evaluator_options)
+    if chunk_rows is not None:
+        chunk_rows = _positive_int(chunk_rows, "chunk_rows")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if target is None:
+        if weight is not None:
+            raise TypeError("with an iterable of chunks, pass weights inside the chunks")
+        chunks, total_rows = _pairs(logits), None
+    else:
+        logits, target = _as_array(logits), _as_array(target)
+        if logits.ndim == 0:
+            raise ValueError("logits must have at least one dimension (the class axis), got a scalar")
+        axis = normalize_axis(evaluator.axis, logits.ndim)
+        expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+        _checks.check_shape("target", tuple(target.shape), expected,
+                            "class indices have the logits' shape without the class axis")
+        if weight is not None:
+            weight = _as_array(weight)
+            _checks.check_shape("weight", tuple(weight.shape), expected, "one weight per target")
+        rows = chunk_rows or default_chunk_rows(logits, axis)
+        chunks, total_rows = row_chunks(logits, target, weight, axis, rows), prod(expected)
+    first = next(chunks, None)
+    if first is None:
+        return evaluator.compute()
+    chunks = itertools.chain([first], chunks)
+    bar = Progress(total_rows, enabled=progress)
+    try:
+        if _streams_to_gpu(device, first.logits):
+            from . import cuda
+
+            cuda.stream_host_chunks(evaluator, chunks, bar)
+        else:
+            for chunk in chunks:
+                if device == "cpu" and is_cuda_array(chunk.logits):
+                    raise ValueError("device='cpu' needs host logits, but these live on a GPU")
+                evaluator._update(chunk.logits, chunk.target, chunk.weight, None, chunk.first_row)
+                bar.update(chunk.rows, chunk.logits.nbytes)
+    finally:
+        bar.close()
+    return evaluator.compute()
+
+
+def _streams_to_gpu(device, logits):
+    """Whether host chunks go through the GPU pipeline: device "cuda", or "auto" with a GPU."""
+    if is_cuda_array(logits) or device == "cpu":
+        return False
+    return device == "cuda" or gpu_available()
