@@ -132,5 +132,5 @@ def value(bins, pending, special, i):
     try:
         result = total / (1 << _SHIFT)
     except OverflowError:  # the exact total is beyond float64's range
-        result = math.copysign(math.inf, total)
+        result = math.inf if total > 0 else -math.inf
     return result + float(special[i])

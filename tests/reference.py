@@ -100,3 +100,43 @@ def _reduce(loss, reduction):
     if reduction == "sum":
         return loss.sum()
     return loss.mean() if loss.size else np.float64(np.nan)
+
+
+def evaluation(x, target, axis=-1, top_k=(1, 5), ignore_index=-100, calibration_bins=15, weight=None):
+    """Every metric of ``nbce.evaluate`` as a dict, from full (rows, C) float64 matrices."""
+    x = f64(x)
+    axis = axis % x.ndim
+    n_classes = x.shape[axis]
+    scores = np.moveaxis(x, axis, -1).reshape(-1, n_classes)
+    lp = np.moveaxis(log_softmax(x, axis), axis, -1).reshape(-1, n_classes)
+    t = np.asarray(target).astype(np.int64).reshape(-1)
+    w = np.ones(t.size) if weight is None else f64(weight).reshape(-1)
+    keep = t != ignore_index
+    scores, lp, t, w = scores[keep], lp[keep], t[keep], w[keep]
+    rows = np.arange(t.size)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        loss_rows = -lp[rows, t]
+        rank = np.sum(scores > scores[rows, t][:, None], axis=1)
+        p = np.exp(lp)
+        entropy_rows = -np.sum(np.where(p > 0, p * lp, 0.0), axis=1)
+        confidence = np.max(p, axis=1, initial=0.0)
+        total = w.sum()
+        mean = (lambda v: np.sum(w * v) / total) if total else (lambda v: np.nan)
+        edges = np.linspace(0.0, 1.0, calibration_bins + 1)
+        gaps = 0.0
+        for b in range(calibration_bins):
+            inside = (confidence > edges[b]) & (confidence <= edges[b + 1])
+            if b == 0:
+                inside |= confidence <= edges[0]
+            gaps += abs(np.sum(w[inside] * (rank[inside] == 0)) - np.sum(w[inside] * confidence[inside]))
+        loss = mean(loss_rows)
+        return {
+            "loss": loss,
+            "perplexity": np.exp(loss),
+            "bits_per_token": loss / np.log(2),
+            "accuracy": {k: mean(rank < k) for k in top_k},
+            "entropy": mean(entropy_rows),
+            "ece": gaps / total if total else np.nan,
+            "count": int(t.size),
+            "ignored": int(np.sum(~keep)),
+        }

@@ -1,0 +1,217 @@
+"""nbce.Evaluator / nbce.evaluate against the float64 reference and the per-function API."""
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nbce
+import reference as ref
+from conftest import FLOAT_DTYPES, TOLERANCES, make_logits
+
+# (logits shape, class axis): V = 1, N = 0, several batch axes, class axis first
+# or in the middle, rows longer than a 2048-element block.
+CASES = [((64, 10), -1), ((5, 1), -1), ((0, 7), -1), ((3, 4, 30), -1), ((6, 9, 5), 1), ((4, 5000), -1),
+         ((7, 4), 0)]
+
+
+def targets_for(rng, logits_shape, axis, ignored_every=5):
+    n_classes = logits_shape[axis]
+    shape = tuple(n for i, n in enumerate(logits_shape) if i != axis % len(logits_shape))
+    t = rng.integers(0, n_classes, shape)
+    t.reshape(-1)[::ignored_every] = -100
+    return t
+
+
+def assert_matches(result, expected, dtype):
+    rtol, atol = TOLERANCES[dtype]
+    for name in ("loss", "perplexity", "bits_per_token", "entropy", "ece"):
+        np.testing.assert_allclose(getattr(result, name), expected[name], rtol=rtol, atol=atol, err_msg=name)
+    assert result.accuracy.keys() == expected["accuracy"].keys()
+    for k, value in expected["accuracy"].items():
+        np.testing.assert_allclose(result.accuracy[k], value, rtol=1e-15, err_msg=f"top-{k}")
+    assert (result.count, result.ignored) == (expected["count"], expected["ignored"])
+
+
+@pytest.mark.parametrize("shape,axis", CASES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_metrics_match_reference(shape, axis, dtype, rng):
+    x = make_logits(rng, shape, dtype)
+    t = targets_for(rng, shape, axis)
+    result = nbce.evaluate(x, t, axis=axis, chunk_rows=2, top_k=(1, 2, 5))
+    assert_matches(result, ref.evaluation(x, t, axis=axis, top_k=(1, 2, 5)), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_weighted_metrics_match_reference(dtype, rng):
+    x = make_logits(rng, (200, 12), dtype)
+    t = targets_for(rng, x.shape, -1)
+    w = rng.uniform(0, 3, t.shape)
+    w[::7] = 0.0
+    result = nbce.evaluate(x, t, weight=w, chunk_rows=32, calibration_bins=7)
+    assert_matches(result, ref.evaluation(x, t, weight=w, calibration_bins=7), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_equals_the_per_function_api(dtype, rng):
+    x = make_logits(rng, (300, 50), dtype)
+    t = targets_for(rng, x.shape, -1)
+    result = nbce.evaluate(x, t, chunk_rows=64)
+    kept = t != -100
+    rtol, atol = TOLERANCES[dtype]
+    np.testing.assert_allclose(result.loss, nbce.cross_entropy(x, t), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(result.entropy, np.mean(nbce.entropy(x)[kept], dtype=np.float64), rtol=rtol, atol=atol)
+    probs = nbce.softmax(x).astype(np.float64)
+    assert result.accuracy[1] == np.mean(np.argmax(np.asarray(x, np.float64), axis=1)[kept] == t[kept])
+    np.testing.assert_allclose(
+        ref.evaluation(x, t)["ece"], result.ece, rtol=rtol, atol=atol)
+    assert np.all(probs.max(axis=1) <= 1.0)
+
+
+@given(st.lists(st.integers(0, 97), max_size=6), st.permutations(range(4)))
+def test_chunking_and_merge_order_give_bit_identical_results(cuts, order):
+    rng = np.random.default_rng(7)
+    x = make_logits(rng, (97, 33), "float32", scale=5.0)
+    t = targets_for(rng, x.shape, -1, ignored_every=9)
+    w = rng.uniform(0, 2, t.shape)
+    whole = nbce.Evaluator(top_k=(1, 3)).update(x, t, weight=w).compute()
+    bounds = [0, *sorted(cuts), 97]
+    chunks = [(x[a:b], t[a:b], w[a:b]) for a, b in zip(bounds, bounds[1:])]
+    assert nbce.evaluate(iter(chunks), top_k=(1, 3)) == whole
+    quarters = np.array_split(np.arange(97), 4)
+    parts = [nbce.Evaluator(top_k=(1, 3)).update(x[q], t[q], weight=w[q]) for q in quarters]
+    merged = nbce.Evaluator(top_k=(1, 3))
+    for i in order:
+        merged.merge(parts[i])
+    assert merged.compute() == whole
+
+
+def test_memory_mapped_file_matches_in_memory(tmp_path, rng):
+    x = make_logits(rng, (1000, 40), "float16")
+    t = targets_for(rng, x.shape, -1)
+    np.save(tmp_path / "logits.npy", x)
+    np.save(tmp_path / "targets.npy", t)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+    result = nbce.evaluate(mapped, np.load(tmp_path / "targets.npy", mmap_mode="r"), chunk_rows=64)
+    assert result == nbce.evaluate(x, t)
+    assert_matches(result, ref.evaluation(x, t), "float16")
+
+
+def test_all_equal_logits_tie_in_the_targets_favour():
+    x = np.zeros((6, 4), np.float32)
+    result = nbce.evaluate(x, np.array([0, 1, 2, 3, 0, 1]), top_k=(1, 2))
+    assert result.accuracy == {1: 1.0, 2: 1.0}
+    np.testing.assert_allclose([result.loss, result.entropy], math.log(4), rtol=1e-7)
+    np.testing.assert_allclose(result.ece, 1 - 0.25, rtol=1e-7)  # confidence 1/4, always "correct"
+
+
+def test_masked_classes():
+    x = np.array([[0.0, -np.inf, 1.0], [-np.inf, 2.0, -np.inf]])
+    result = nbce.evaluate(x, np.array([2, 1]))
+    expected = ref.evaluation(x, np.array([2, 1]))
+    assert_matches(result, expected, "float64")
+    assert result.accuracy[1] == 1.0
+    masked_target = nbce.evaluate(x, np.array([1, 1]))
+    assert masked_target.loss == np.inf and masked_target.accuracy[1] == 0.5
+
+
+def test_a_nan_row_makes_every_metric_nan():
+    x = np.zeros((3, 4))
+    x[1, 2] = np.nan
+    result = nbce.evaluate(x, np.array([0, 1, 2]))
+    assert all(math.isnan(v) for v in (result.loss, result.entropy, result.ece, *result.accuracy.values()))
+    assert result.count == 3
+
+
+def test_no_rows_scored():
+    x = np.zeros((3, 4))
+    result = nbce.evaluate(x, np.full(3, -100))
+    assert (result.count, result.ignored) == (0, 3)
+    assert math.isnan(result.loss) and math.isnan(result.accuracy[1])
+    empty = nbce.evaluate(np.zeros((0, 4)), np.zeros(0, np.int64))
+    assert empty.count == 0 and math.isnan(empty.loss)
+
+
+def test_ignore_index_option(rng):
+    x = make_logits(rng, (50, 6), "float64")
+    t = targets_for(rng, x.shape, -1)
+    t[t == -100] = 3
+    t[::4] = 0
+    result = nbce.evaluate(x, t, ignore_index=0)
+    assert_matches(result, ref.evaluation(x, t, ignore_index=0), "float64")
+
+
+def test_bad_target_names_its_position_in_the_whole_array(rng):
+    x = make_logits(rng, (40, 5), "float32")
+    t = rng.integers(0, 5, 40)
+    t[33] = 5
+    with pytest.raises(ValueError, match=r"target\[33\] = 5 is not a class index"):
+        nbce.evaluate(x, t, chunk_rows=8)
+    t[33] = -3
+    with pytest.raises(ValueError, match=r"target\[33\] = -3"):
+        nbce.Evaluator().update(x, t)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda x, t: nbce.evaluate(x, t.astype(np.float32)), TypeError, "integer class indices"),
+    (lambda x, t: nbce.evaluate(x, t[:-1]), ValueError, "target has shape"),
+    (lambda x, t: nbce.evaluate(x, t, weight=-np.ones(t.shape)), ValueError, "non-negative"),
+    (lambda x, t: nbce.evaluate(x, t, weight=np.full(t.shape, np.nan)), ValueError, "finite"),
+    (lambda x, t: nbce.evaluate(x, t, weight=np.ones(3)), ValueError, "weight has shape"),
+    (lambda x, t: nbce.evaluate(x, t, top_k=0), ValueError, "top_k"),
+    (lambda x, t: nbce.evaluate(x, t, top_k=(1, 2.5)), TypeError, "top_k"),
+    (lambda x, t: nbce.evaluate(x, t, calibration_bins=0), ValueError, "calibration_bins"),
+    (lambda x, t: nbce.evaluate(x, t, chunk_rows=0), ValueError, "chunk_rows"),
+    (lambda x, t: nbce.evaluate(x, t, device="tpu"), ValueError, "device"),
+    (lambda x, t: nbce.evaluate(x, t, axis=2), ValueError, "axis 2 is out of range"),
+    (lambda x, t: nbce.evaluate(x.astype(np.int32), t), TypeError, "floating-point"),
+    (lambda x, t: nbce.evaluate([(x, t, None, None)]), TypeError, "iterable"),
+    (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(top_k=3)), ValueError, "different metrics"),
+    (lambda x, t: nbce.Evaluator().merge(object()), TypeError, "Evaluator"),
+])
+def test_bad_input_raises_clearly(call, error, match, rng):
+    x = make_logits(rng, (10, 4), "float32")
+    with pytest.raises(error, match=match):
+        call(x, rng.integers(0, 4, 10))
+
+
+def test_to_dict_is_json(rng):
+    x = make_logits(rng, (10, 4), "float32")
+    result = nbce.evaluate(x, rng.integers(0, 4, 10))
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["accuracy"]["5"] == 1.0 and data["count"] == 10
+    nan = nbce.evaluate(x, np.full(10, -100)).to_dict()
+    assert nan["loss"] is None and json.dumps(nan, allow_nan=False)
+
+
+def test_evaluator_pickles_and_keeps_its_state(rng):
+    x = make_logits(rng, (30, 8), "float64")
+    t = rng.integers(0, 8, 30)
+    evaluator = nbce.Evaluator(top_k=(1, 3)).update(x, t)
+    clone = pickle.loads(pickle.dumps(evaluator))
+    assert clone.compute() == evaluator.compute()
+    assert "30 rows" in repr(clone)
+    assert evaluator.reset().compute().count == 0
+
+
+def test_progress_goes_to_stderr(rng, capsys):
+    x = make_logits(rng, (100, 8), "float32")
+    nbce.evaluate(x, rng.integers(0, 8, 100), chunk_rows=10, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+
+
+def test_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = make_logits(rng, (256, 100), "float32")
+    t = rng.integers(0, 100, 256)
+    result = nbce.evaluate(x, t, top_k=(1, 5))
+    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+    np.testing.assert_allclose(result.loss, float(torch.nn.functional.cross_entropy(xt, tt)), rtol=1e-5)
+    top5 = torch.topk(xt, 5, dim=1).indices
+    assert result.accuracy[5] == float((top5 == tt[:, None]).any(dim=1).double().mean())
+    assert result.accuracy[1] == float((top5[:, 0] == tt).double().mean())

@@ -1,0 +1,68 @@
+"""The exact accumulators behind Evaluator: correctly rounded, whatever the order."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from numba import njit
+
+from nbce import _exact
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+# products stay within range and their rounding errors above the subnormals
+moderate = st.floats(min_value=-1e150, max_value=1e150).filter(lambda v: v == 0 or abs(v) > 1e-150)
+
+
+@njit(**_exact.JIT_NO_NRT)
+def _add_all(bins, pending, special, values, weights):
+    for j in range(values.size):
+        if weights.size:
+            _exact.add_product(bins, pending, special, 0, weights[j], values[j])
+        else:
+            _exact.add(bins, pending, special, 0, values[j])
+
+
+def total(values, weights=()):
+    sums = _exact.accumulators(1)
+    _add_all(*sums, np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64))
+    return sums
+
+
+def rounded(exact):
+    try:
+        return float(exact)
+    except OverflowError:
+        return math.inf if exact > 0 else -math.inf
+
+
+@given(st.lists(finite, max_size=60))
+def test_sum_is_the_correctly_rounded_exact_sum(values):
+    assert _exact.value(*total(values), 0) == rounded(sum(map(Fraction, values)))
+
+
+@given(st.lists(st.tuples(moderate, moderate), max_size=40))
+def test_weighted_sum_is_exact(pairs):
+    weights, values = zip(*pairs) if pairs else ((), ())
+    expected = float(sum(Fraction(w) * Fraction(v) for w, v in pairs))
+    assert _exact.value(*total(values, weights), 0) == expected
+
+
+@given(st.lists(finite, max_size=40), st.integers(0, 40))
+def test_merge_equals_one_sum(values, cut):
+    left, right = total(values[:cut]), total(values[cut:])
+    _exact.merge_into(*left, *right)
+    assert _exact.value(*left, 0) == _exact.value(*total(values), 0)
+
+
+def test_many_additions_carry_without_overflow():
+    values = np.full(250_000, np.finfo(np.float64).max / 1e6)
+    values[1::2] = 1.0 + 2.0**-52
+    assert _exact.value(*total(values), 0) == float(sum(map(Fraction, values.tolist())))
+
+
+def test_non_finite_values_are_summed_apart():
+    assert _exact.value(*total([1.0, math.inf, 2.0]), 0) == math.inf
+    assert math.isnan(_exact.value(*total([math.inf, -math.inf]), 0))
+    assert math.isnan(_exact.value(*total([1.0, math.nan]), 0))
