@@ -1,0 +1,195 @@
+"""The ``nbce`` command: score saved logits, run the demo, time the kernels.
+
+    nbce score LOGITS TARGETS [--axis -1] [--ignore-index -100] [--top-k 1,5]
+               [--device auto|cpu|cuda] [--chunk-rows N] [--json]
+    nbce demo  [--rows N] [--classes V]
+    nbce bench [--rows N] [--classes V]
+
+Bad input (a missing or non-NumPy file, mismatched lengths, a wrong dtype,
+an out-of-range target) prints one line on stderr and exits with status 2;
+Ctrl-C exits with status 130.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Fail(Exception):
+    """An error for the user: printed as one line, exit status ``code``."""
+
+    def __init__(self, message, code=EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+def _top_k(text):
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="nbce", description="Streaming, numerically stable cross-entropy.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    score = commands.add_parser("score", help="score saved logits against targets (loss, perplexity, top-k, ECE)")
+    score.add_argument("logits", help="LOGITS.npy, or FILE.npz:KEY (memory-mapped, never read whole)")
+    score.add_argument("targets", help="TARGETS.npy or FILE.npz:KEY: integer class indices")
+    score.add_argument("--axis", type=int, default=-1, help="class axis of the logits (default -1)")
+    score.add_argument("--ignore-index", type=int, default=-100, help="target value to skip (default -100)")
+    score.add_argument("--top-k", type=_top_k, default=(1, 5), help="top-k accuracies to report (default 1,5)")
+    score.add_argument("--calibration-bins", type=_positive, default=15, help="ECE bins (default 15)")
+    score.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto: the GPU when one is usable, else the CPU")
+    score.add_argument("--chunk-rows", type=_positive, default=None, help="rows per chunk (default: ~64 MiB)")
+    score.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    demo = commands.add_parser("demo", help="build a realistic evaluation set on disk, score it, check, clean up")
+    demo.add_argument("--rows", type=_positive, default=4096, help="tokens (default 4096)")
+    demo.add_argument("--classes", type=_positive, default=32000, help="vocabulary size (default 32000)")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    bench = commands.add_parser("bench", help="a quick side-by-side speed table on this machine")
+    bench.add_argument("--rows", type=_positive, default=4096)
+    bench.add_argument("--classes", type=_positive, default=32000)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return {"score": _score, "demo": _demo, "bench": _bench}[args.command](args)
+    except _Fail as failure:
+        print(f"nbce {args.command}: error: {failure}", file=sys.stderr)
+        return failure.code
+    except KeyboardInterrupt:
+        print(f"nbce {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run_evaluation(logits, targets, args, progress):
+    """(result, seconds); the kernels are compiled (or loaded from Numba's cache) first, untimed."""
+    import nbce
+
+    options = dict(axis=args.axis, ignore_index=args.ignore_index, top_k=args.top_k,
+                   calibration_bins=args.calibration_bins, device=args.device)
+    try:
+        if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
+            nbce.evaluate(logits[:1], targets[:1], **options)
+        start = time.perf_counter()
+        result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress, **options)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise _Fail(str(error)) from None
+    return result, time.perf_counter() - start
+
+
+def _score(args):
+    from ._files import InputError, open_array
+
+    try:
+        logits, targets = open_array(args.logits), open_array(args.targets)
+    except (InputError, OSError) as error:
+        raise _Fail(str(error)) from None
+    result, seconds = _run_evaluation(logits, targets, args, progress=not args.no_progress and sys.stderr.isatty())
+    throughput = {"seconds": seconds, "rows_per_second": result.count / seconds if seconds else None,
+                  "gb_per_second": logits.nbytes / seconds / 1e9 if seconds else None}
+    if args.json:
+        print(json.dumps({**result.to_dict(), "throughput": throughput}, indent=2, allow_nan=False))
+    else:
+        print(_table(result, f"{args.logits} {_describe(logits)}", seconds, logits.nbytes,
+                     args.calibration_bins))
+    return 0
+
+
+def _describe(array):
+    return f"({' x '.join(str(n) for n in array.shape)} {array.dtype})"
+
+
+def _table(result, title, seconds, nbytes, bins):
+    rows = [
+        ("rows scored", f"{result.count:,}"),
+        ("rows ignored", f"{result.ignored:,}"),
+        ("loss (nats)", f"{result.loss:.6f}"),
+        ("perplexity", f"{result.perplexity:.4f}"),
+        ("bits per token", f"{result.bits_per_token:.6f}"),
+        *((f"top-{k} accuracy", f"{100 * v:.3f} %") for k, v in result.accuracy.items()),
+        ("mean entropy (nats)", f"{result.entropy:.6f}"),
+        (f"ECE ({bins} bins)", f"{result.ece:.6f}"),
+        ("time", f"{seconds:.3f} s  ({result.count / max(seconds, 1e-9):,.0f} rows/s, "
+                 f"{nbytes / max(seconds, 1e-9) / 1e9:.2f} GB/s)"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+
+
+def _demo(args):
+    from . import _demo
+    from ._files import open_array
+
+    with tempfile.TemporaryDirectory(prefix="nbce-demo-") as folder:
+        print(f"nbce demo: writing {args.rows:,} x {args.classes:,} float16 logits "
+              f"({args.rows * args.classes * 2 / 1e6:,.0f} MB) and Zipf-distributed targets to {folder}",
+              file=sys.stderr)
+        logits_path, targets_path = _demo.write_dataset(Path(folder), args.rows, args.classes)
+        print(f"$ nbce score {logits_path.name} {targets_path.name}", file=sys.stderr)
+        score_args = argparse.Namespace(axis=-1, ignore_index=_demo.PADDING, top_k=(1, 5), calibration_bins=15,
+                                        device=args.device, chunk_rows=None)
+        logits, targets = open_array(str(logits_path)), open_array(str(targets_path))
+        result, seconds = _run_evaluation(logits, targets, score_args, progress=sys.stderr.isatty())
+        print(_table(result, f"{logits_path.name} {_describe(logits)}", seconds, logits.nbytes, 15))
+        _check_sample(logits, targets, score_args)
+        del logits, targets  # unmap before the folder goes
+    return 0
+
+
+def _check_sample(logits, targets, args, sample_rows=256):
+    """Score a sample of rows with nbce and with NumPy float64; fail loudly if they disagree."""
+    import nbce
+
+    from . import _demo
+
+    picks = np.unique(np.linspace(0, len(targets) - 1, sample_rows).astype(np.int64))
+    x, t = np.asarray(logits[picks]), np.asarray(targets[picks])
+    got = nbce.evaluate(x, t, ignore_index=args.ignore_index, top_k=args.top_k)
+    expected = _demo.numpy_reference(x, t, args.top_k)
+    worst = max(abs(got.loss - expected["loss"]), abs(got.entropy - expected["entropy"]),
+                *(abs(got.accuracy[k] - expected["accuracy"][k]) for k in args.top_k))
+    if not worst < 1e-5:
+        raise _Fail(f"check failed: nbce and NumPy differ by {worst:.3g} on {picks.size} sampled rows", code=1)
+    print(f"check: nbce agrees with a float64 NumPy reference on {picks.size} sampled rows "
+          f"(largest difference {worst:.1e})")
+
+
+def _bench(args):
+    from ._bench import speed_table
+
+    print(speed_table(args.rows, args.classes))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
