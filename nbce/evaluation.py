@@ -155,7 +155,25 @@ class Evaluator:
         self._counts = np.zeros(N_COUNTS, dtype=np.int64)
         return self
 
+    def __getstate__(self):
+        # The bins of the exact sums are almost all zero: ship the others only
+        # (a state of ~1 MB in memory pickles to a few kB).
+        bins, pending, special = self._sums
+        occupied = np.flatnonzero(bins)
+        return {"options": self.options(), "shape": bins.shape, "occupied": occupied,
+                "values": bins.reshape(-1)[occupied], "pending": pending, "special": special,
+                "counts": self._counts}
+
+    def __setstate__(self, state):
+        self.__init__(**state["options"])
+        bins, pending, special = self._sums
+        bins.reshape(-1)[state["occupied"]] = state["values"]
+        pending[:] = state["pending"]
+        special[:] = state["special"]
+        self._counts[:] = state["counts"]
+
     def options(self):
+        """The constructor's keywords."""
         return dict(top_k=self.top_k, ignore_index=self.ignore_index, axis=self.axis,
                     calibration_bins=self.calibration_bins)
 
@@ -171,14 +189,15 @@ class Evaluator:
         A class index outside [0, C) that is not ``ignore_index`` raises
         ``ValueError`` naming its position.  Returns ``self``.
         """
-        self._update(logits, target, weight, stream, first_row=0)
+        self._update(logits, target, weight, stream)
         return self
 
-    def _update(self, logits, target, weight, stream, first_row):
+    def _update(self, logits, target, weight, stream, origin=()):
+        """``update``; ``origin`` locates the chunk in a larger array for error messages."""
         backend, _, _, rows, stream = _scores(logits, self.axis, stream)
         _check_targets(backend, target, rows.batch_shape)
         weights = _host_weights(backend, weight, rows.batch_shape)
-        per_row = backend.row_metrics(rows, target, self.ignore_index, first_row, stream)
+        per_row = backend.row_metrics(rows, target, self.ignore_index, origin, stream)
         self._tally(backend.to_host(per_row, stream), weights)
 
     def _tally(self, per_row, weights):
@@ -335,7 +354,7 @@ def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=Fals
             for chunk in chunks:
                 if device == "cpu" and is_cuda_array(chunk.logits):
                     raise ValueError("device='cpu' needs host logits, but these live on a GPU")
-                evaluator._update(chunk.logits, chunk.target, chunk.weight, None, chunk.first_row)
+                evaluator._update(chunk.logits, chunk.target, chunk.weight, None, (chunk.first_row,))
                 bar.update(chunk.rows, chunk.logits.nbytes)
     finally:
         bar.close()

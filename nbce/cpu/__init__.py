@@ -39,19 +39,18 @@ def normalize(rows, exponentiate, dtype, stream=None):
     return out
 
 
-def _checked_class_indices(target, n_classes, ignore_index, first_row=0):
+def _checked_class_indices(target, n_classes, ignore_index, origin=()):
     """Flat int64 class indices; a value outside [0, C) that is not ignored raises.
 
-    ``first_row`` shifts the first index of the reported position (for a
-    chunk of a larger array).
+    ``origin`` (the index of ``target[0, 0, ...]`` in a larger array, leading
+    axes first) shifts the reported position, for chunks.
     """
     target = np.asarray(target)
     bad = _checks.out_of_range_targets(target, n_classes, ignore_index)
     if bad.any():
         position = np.unravel_index(int(np.argmax(bad)), target.shape)
         value = target[position]
-        if position:
-            position = (position[0] + first_row, *position[1:])
+        position = tuple(p + o for p, o in zip(position, tuple(origin) + (0,) * len(position)))
         _checks.raise_bad_target(position, value, n_classes, ignore_index)
     return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
 
@@ -74,10 +73,10 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=No
     return loss
 
 
-def row_metrics(rows, target, ignore_index, first_row=0, stream=None):
+def row_metrics(rows, target, ignore_index, origin=(), stream=None):
     """(loss, rank, entropy, confidence) per row, from one read of each row
     (see ``kernels.metric_rows``); a bad class index raises."""
-    indices = _checked_class_indices(target, rows.length, ignore_index, first_row)
+    indices = _checked_class_indices(target, rows.length, ignore_index, origin)
     n = rows.n_rows
     loss, entropy, confidence = (np.empty(n, dtype=np.float64) for _ in range(3))
     rank = np.empty(n, dtype=np.int64)
