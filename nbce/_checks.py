@@ -59,6 +59,11 @@ def _index(position):
     return "[" + ", ".join(str(int(i)) for i in position) + "]"
 
 
+def shift_position(position, origin):
+    """``position`` in a chunk -> in the whole array, the chunk starting at ``origin`` (leading axes)."""
+    return tuple(int(p) + int(o) for p, o in zip(position, tuple(origin) + (0,) * len(position)))
+
+
 def raise_bad_target(position, value, n_classes, ignore_index):
     raise ValueError(
         f"target{_index(position)} = {int(value)} is not a class index: expected 0 <= target < {n_classes} "

@@ -195,8 +195,8 @@ class Evaluator:
     def _update(self, logits, target, weight, stream, origin=()):
         """``update``; ``origin`` locates the chunk in a larger array for error messages."""
         backend, _, _, rows, stream = _scores(logits, self.axis, stream)
-        _check_targets(backend, target, rows.batch_shape)
-        weights = _host_weights(backend, weight, rows.batch_shape)
+        check_targets(backend, target, rows.batch_shape)
+        weights = row_weights(backend, weight, rows.batch_shape)
         per_row = backend.row_metrics(rows, target, self.ignore_index, origin, stream)
         self._tally(backend.to_host(per_row, stream), weights)
 
@@ -253,7 +253,8 @@ class Evaluator:
         )
 
 
-def _check_targets(backend, target, batch_shape):
+def check_targets(backend, target, batch_shape):
+    """TypeError unless ``target`` holds integers; ValueError unless it has ``batch_shape``."""
     kind = backend.target_dtype(target)
     if kind.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {kind}")
@@ -262,7 +263,7 @@ def _check_targets(backend, target, batch_shape):
                         "class indices have the logits' shape without the class axis")
 
 
-def _host_weights(backend, weight, batch_shape):
+def row_weights(backend, weight, batch_shape):
     """Row weights as a flat float64 host array (empty when unweighted)."""
     if weight is None:
         return np.empty(0)
@@ -341,7 +342,7 @@ def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=Fals
         rows = chunk_rows or default_chunk_rows(logits, axis)
         chunks, total_rows = row_chunks(logits, target, weight, axis, rows), prod(expected)
     first = next(chunks, None)
-    if first is None:
+    if first is None:  # an empty iterable of chunks
         return evaluator.compute()
     chunks = itertools.chain([first], chunks)
     bar = Progress(total_rows, enabled=progress)

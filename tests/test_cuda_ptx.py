@@ -15,7 +15,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda")
 
-KERNELS_PER_DTYPE = {"stats_partials", "coefficient_sums", "class_index_loss", "normalize", "binary"}
+KERNELS_PER_DTYPE = {"stats_partials", "finish_metrics", "coefficient_sums", "class_index_loss", "normalize",
+                     "binary"}
 SHARED_KERNELS = {"finish_stats", "negated_row_sums", "partial_sums", "cast_into", "quotient"}
 
 
@@ -49,5 +50,5 @@ def test_reductions_use_shared_memory_and_bad_targets_an_atomic(compiled):
     for r in compiled:
         if r["kernel"] in ("stats_partials", "coefficient_sums", "binary", "partial_sums"):
             assert r["shared_memory"], r
-        if r["kernel"] in ("class_index_loss", "binary"):
+        if r["kernel"] in ("class_index_loss", "binary", "finish_metrics"):
             assert r["atomic_min"], r

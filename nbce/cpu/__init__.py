@@ -50,7 +50,7 @@ def _checked_class_indices(target, n_classes, ignore_index, origin=()):
     if bad.any():
         position = np.unravel_index(int(np.argmax(bad)), target.shape)
         value = target[position]
-        position = tuple(p + o for p, o in zip(position, tuple(origin) + (0,) * len(position)))
+        position = _checks.shift_position(position, origin)
         _checks.raise_bad_target(position, value, n_classes, ignore_index)
     return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
 

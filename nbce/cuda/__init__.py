@@ -212,8 +212,13 @@ def _row_states(rows, stream):
     shape = (rows.n_rows, splits)
     pm, ps, pt = (dev.device_empty(shape, np.float64, stream) for _ in range(3))
     if rows.n_rows:
-        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt)
+        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, *_not_counting(stream))
     return k, pm, ps, pt
+
+
+def _not_counting(stream):
+    """stats_partials' (target, ignore_index, above) when no rank is wanted."""
+    return dev.device_empty(0, np.int64, stream), 0, dev.device_empty((0, 0), np.float64, stream)
 
 
 def _per_row(n_rows):
@@ -286,6 +291,57 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=0)
     if rows.n_rows:
         _kernels(rows).negated_row_sums[_per_row(rows.n_rows) + (stream,)](sums, loss)
     return loss
+
+
+_NO_BAD_ROW = np.iinfo(np.int64).max
+
+
+def row_metrics(rows, target, ignore_index, origin=(), stream=0):
+    """(loss, rank, entropy, confidence) device arrays per row, from one read of
+    each row (``kernels.stats_partials`` counting the entries above the
+    target's logit, then ``finish_metrics``).
+
+    Host targets are checked on the host (no synchronisation); device targets
+    are checked in the kernel, and reading that flag waits for it.
+    """
+    k = _kernels(rows)
+    on_device = is_cuda_array(target)
+    if not on_device:
+        from ..cpu import _checked_class_indices
+
+        target = _checked_class_indices(target, rows.length, ignore_index, origin)
+    target = _to_device(target, np.int64, stream, rows.device, "target")
+    splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
+    pm, ps, pt, above = (dev.device_empty((rows.n_rows, splits), np.float64, stream) for _ in range(4))
+    loss, entropy, confidence = (dev.device_empty(rows.n_rows, np.float64, stream) for _ in range(3))
+    rank = dev.device_empty(rows.n_rows, np.int64, stream)
+    bad = dev.to_device(np.array([_NO_BAD_ROW], dtype=np.int64), stream=stream)
+    if rows.n_rows:
+        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, target.reshape(rows.n_rows),
+                                                  ignore_index, above)
+        k.finish_metrics[_per_row(rows.n_rows) + (stream,)](pm, ps, pt, above, rows.data, target.reshape(rows.n_rows),
+                                                            ignore_index, loss, rank, entropy, confidence, bad)
+    if on_device:
+        first_bad = int(bad.copy_to_host(stream=stream)[0])
+        if first_bad != _NO_BAD_ROW:
+            value = int(target.reshape(rows.n_rows)[first_bad : first_bad + 1].copy_to_host(stream=stream)[0])
+            position = _checks.shift_position(np.unravel_index(first_bad, rows.batch_shape), origin)
+            _checks.raise_bad_target(position, value, rows.length, ignore_index)
+    return loss, rank, entropy, confidence
+
+
+def to_host(arrays, stream=0):
+    """Copy per-row device results to host arrays (waits for them)."""
+    host = [a.copy_to_host(stream=stream) for a in arrays]
+    if stream:
+        stream.synchronize()
+    return host
+
+
+def host_array(values):
+    if is_cuda_array(values):
+        return dev.as_device_array(values).copy_to_host()
+    return np.asarray(values)
 
 
 def total(values, stream=0):
@@ -411,3 +467,10 @@ def move_class_axis(out, axis):
     if library == "torch":
         return out.movedim(-1, axis)
     raise NotImplementedError("Numba device arrays take the class axis last on the GPU")
+
+
+def stream_host_chunks(evaluator, chunks, progress):
+    """Score host chunks on the GPU with copy/compute overlap (see ``pipeline``)."""
+    from .pipeline import stream_host_chunks as run
+
+    return run(evaluator, chunks, progress)

@@ -55,6 +55,24 @@ def as_device_array(obj):
     return cuda.as_cuda_array(obj)
 
 
+def stream():
+    return cuda.stream()
+
+
+def pinned_empty(shape, dtype):
+    """Page-locked host memory: copies from it run asynchronously on a stream."""
+    return cuda.pinned_array(shape, dtype=dtype)
+
+
+def event():
+    return cuda.event()
+
+
+def elapsed_ms(start, stop):
+    """Milliseconds between two recorded events (None on the simulator, which has no clock)."""
+    return None if SIMULATOR else cuda.event_elapsed_time(start, stop)
+
+
 def external_stream(handle):
     return cuda.external_stream(handle)
 

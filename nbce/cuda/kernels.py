@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from . import _device as dev
 from ._device import cuda
 
@@ -127,33 +128,52 @@ def build(threads, narrow, bfloat16):
         return cuda.blockIdx.x * per_block, cuda.gridDim.x * per_block
 
     @jit
-    def stats_partials(x, splits, group, pm, ps, pt):
+    def stats_partials(x, splits, group, pm, ps, pt, target, ignore_index, above):
         """A group of ``group`` threads per (row, chunk) -> the chunk's merged
         state, into pm/ps/pt[row, chunk].  Small rows share a block, long rows
-        get a block per chunk."""
+        get a block per chunk.
+
+        When ``above`` has rows, the same read also counts the entries above
+        the target's logit x[r, target[r]] into above[row, chunk]; rows whose
+        target is ``ignore_index`` or out of range are not read at all.
+        """
         sm = cuda.shared.array(threads, np.float64)
         ss = cuda.shared.array(threads, np.float64)
         st = cuda.shared.array(threads, np.float64)
+        sa = cuda.shared.array(threads, np.float64)  # counts: exact in float64 below 2**53
         tid = cuda.threadIdx.x
         lane = tid % group
         n_rows, n = x.shape
+        counting = above.shape[0] > 0
         items = n_rows * splits
         first, step = work_items(items, group)
         for base in range(first, items, step):  # the same trip count for every thread
             item = base + tid // group
-            m, s, t = NEG_INF, 0.0, 0.0
+            m, s, t, a = NEG_INF, 0.0, 0.0, 0.0
             if item < items:
                 r = item // splits
-                lo, hi = chunk_bounds(n, splits, item - r * splits)
-                for j in range(lo + lane, hi, group):
-                    m, s, t = push(m, s, t, load(x, r, j))
-            sm[tid], ss[tid], st[tid] = m, s, t
+                pivot = NAN
+                read = True
+                if counting:
+                    c = target[r]
+                    read = c != ignore_index and 0 <= c < n
+                    if read:
+                        pivot = load(x, r, c)
+                if read:
+                    lo, hi = chunk_bounds(n, splits, item - r * splits)
+                    for j in range(lo + lane, hi, group):
+                        v = load(x, r, j)
+                        m, s, t = push(m, s, t, v)
+                        if v > pivot:
+                            a += 1.0
+            sm[tid], ss[tid], st[tid], sa[tid] = m, s, t, a
             cuda.syncthreads()
             stride = group // 2
             while stride > 0:
                 if lane < stride:
                     sm[tid], ss[tid], st[tid] = merge(sm[tid], ss[tid], st[tid],
                                                       sm[tid + stride], ss[tid + stride], st[tid + stride])
+                    sa[tid] += sa[tid + stride]
                 cuda.syncthreads()
                 stride //= 2
             if lane == 0 and item < items:
@@ -161,6 +181,8 @@ def build(threads, narrow, bfloat16):
                 pm[r, item - r * splits] = sm[tid]
                 ps[r, item - r * splits] = ss[tid]
                 pt[r, item - r * splits] = st[tid]
+                if counting:
+                    above[r, item - r * splits] = sa[tid]
             cuda.syncthreads()
 
     @jit(device=True)
@@ -175,6 +197,34 @@ def build(threads, narrow, bfloat16):
         r = cuda.grid(1)
         if r < lse_out.size:
             lse_out[r], entropy_out[r] = finish(*row_state(pm, ps, pt, r))
+
+    @jit
+    def finish_metrics(pm, ps, pt, above, x, target, ignore_index, loss_out, rank_out, entropy_out,
+                       confidence_out, bad):
+        """Per row (one thread): loss = lse - x_t, rank = entries above x_t,
+        entropy, confidence = exp(max - lse); rank -1 for ignored rows, -2 for
+        rows holding a NaN; out-of-range targets raise the smallest bad row into ``bad``."""
+        r = cuda.grid(1)
+        if r >= loss_out.size:
+            return
+        c = target[r]
+        loss_out[r], entropy_out[r], confidence_out[r] = 0.0, 0.0, 0.0
+        if c == ignore_index:
+            rank_out[r] = IGNORED_ROW
+            return
+        if c < 0 or c >= x.shape[1]:
+            cuda.atomic.min(bad, 0, r)
+            rank_out[r] = IGNORED_ROW
+            return
+        m, s, t = row_state(pm, ps, pt, r)
+        lse, entropy = finish(m, s, t)
+        count = 0.0
+        for k in range(above.shape[1]):
+            count += above[r, k]
+        loss_out[r] = lse - load(x, r, c)
+        rank_out[r] = np.int64(count) if lse == lse else UNDEFINED_ROW
+        entropy_out[r] = entropy
+        confidence_out[r] = math.exp(m - lse)
 
     @jit(device=True)
     def log_prob(v, lse, input_type):

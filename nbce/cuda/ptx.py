@@ -18,6 +18,7 @@ from .kernels import build
 F64, I64 = types.float64, types.int64
 MATRIX_F64 = types.Array(F64, 2, "C")
 VECTOR_F64 = types.Array(F64, 1, "C")
+VECTOR_I64 = types.Array(I64, 1, "C")
 # storage dtype -> (narrow maths, bfloat16 words)
 STORAGE = {
     "float64": (types.float64, False, False),
@@ -31,7 +32,9 @@ CAPABILITIES = [(8, 0), (9, 0)]
 def signatures(storage):
     x = types.Array(storage, 2, "C")
     return {
-        "stats_partials": (x, I64, I64, MATRIX_F64, MATRIX_F64, MATRIX_F64),
+        "stats_partials": (x, I64, I64, MATRIX_F64, MATRIX_F64, MATRIX_F64, VECTOR_I64, I64, MATRIX_F64),
+        "finish_metrics": (MATRIX_F64, MATRIX_F64, MATRIX_F64, MATRIX_F64, x, VECTOR_I64, I64, VECTOR_F64,
+                           VECTOR_I64, VECTOR_F64, VECTOR_F64, VECTOR_I64),
         "coefficient_sums": (x, x, VECTOR_F64, F64, I64, VECTOR_F64, I64, I64, MATRIX_F64),
         "class_index_loss": (x, types.Array(I64, 1, "C"), VECTOR_F64, I64, F64, I64, VECTOR_F64, MATRIX_F64,
                              VECTOR_F64, VECTOR_F64, types.Array(I64, 1, "C")),

@@ -1,0 +1,108 @@
+"""Evaluation on the GPU backend: the fused metric kernels and the host-to-GPU pipeline.
+
+On Numba's CUDA simulator in CI (8 threads per block, so rows span several
+blocks, partial ones, and rows split over blocks); on a real GPU with
+NBCE_TEST_REAL_GPU=1.
+"""
+
+import numpy as np
+import pytest
+
+import nbce
+import reference as ref
+from conftest import TOLERANCES, make_logits
+from test_evaluation import assert_matches, targets_for
+
+cuda_backend = pytest.importorskip("nbce.cuda")
+from numba import cuda  # noqa: E402  (after the simulator switch in conftest)
+
+from nbce._chunks import row_chunks  # noqa: E402
+from nbce._progress import Progress  # noqa: E402
+from nbce.cuda.pipeline import stream_host_chunks  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(cuda_backend, "THREADS", 8)
+    monkeypatch.setattr(cuda_backend, "MIN_ELEMENTS_PER_THREAD", 4)
+
+
+# many short rows per block, a block per row, rows split over several blocks
+SHAPES = [(40, 3), (6, 50), (2, 300), (5, 1), (0, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_device_arrays_match_reference(shape, dtype, rng):
+    x = make_logits(rng, shape, dtype)
+    t = targets_for(rng, shape, -1, ignored_every=4)
+    evaluator = nbce.Evaluator(top_k=(1, 2)).update(cuda.to_device(x), cuda.to_device(t))
+    assert_matches(evaluator.compute(), ref.evaluation(x, t, top_k=(1, 2)), dtype)
+
+
+def test_gpu_and_cpu_agree_on_counts_and_closely_on_sums(rng):
+    x = make_logits(rng, (30, 70), "float32", scale=6.0)
+    t = targets_for(rng, x.shape, -1)
+    gpu = nbce.evaluate(cuda.to_device(x), cuda.to_device(t), chunk_rows=7)
+    cpu = nbce.evaluate(x, t)
+    assert (gpu.count, gpu.ignored, gpu.accuracy) == (cpu.count, cpu.ignored, cpu.accuracy)
+    rtol, atol = TOLERANCES["float32"]
+    np.testing.assert_allclose([gpu.loss, gpu.entropy, gpu.ece], [cpu.loss, cpu.entropy, cpu.ece],
+                               rtol=rtol, atol=atol)
+
+
+def test_nan_and_masked_rows_on_the_gpu():
+    x = np.array([[0.0, -np.inf, 1.0], [-np.inf, 2.0, -np.inf], [0.0, np.nan, 1.0]])
+    kept = nbce.evaluate(cuda.to_device(x[:2]), cuda.to_device(np.array([2, 1])))
+    assert_matches(kept, ref.evaluation(x[:2], np.array([2, 1])), "float64")
+    with_nan = nbce.evaluate(cuda.to_device(x), np.array([2, 1, 0]))
+    assert np.isnan(with_nan.loss) and np.isnan(with_nan.accuracy[1])
+
+
+def test_bad_device_target_raises_with_its_position(rng):
+    x = cuda.to_device(make_logits(rng, (12, 5), "float32"))
+    t = np.zeros(12, np.int64)
+    t[9] = 7
+    with pytest.raises(ValueError, match=r"target\[9\] = 7 is not a class index"):
+        nbce.Evaluator().update(x, cuda.to_device(t))
+    with pytest.raises(ValueError, match=r"target\[9\] = 7"):  # host targets are checked on the host
+        nbce.Evaluator().update(x, t)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_host_chunks_stream_through_the_gpu(dtype, rng, tmp_path):
+    from conftest import np_dtype
+
+    x = make_logits(rng, (45, 20), dtype)
+    t = targets_for(rng, x.shape, -1)
+    w = rng.uniform(0, 2, t.shape)
+    np.save(tmp_path / "x.npy", x.view(np.uint16) if dtype == "bfloat16" else x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    if dtype == "bfloat16":
+        mapped = mapped.view(np_dtype("bfloat16"))
+    result = nbce.evaluate(mapped, t, weight=w, device="cuda", chunk_rows=8)  # 6 chunks, a short last one
+    assert_matches(result, ref.evaluation(x, t, weight=w), dtype)
+
+
+def test_pipeline_class_axis_first_and_timings(rng):
+    x = make_logits(rng, (6, 25), "float32")
+    t = rng.integers(0, 6, 25)
+    evaluator = nbce.Evaluator(axis=0)
+    timings = stream_host_chunks(evaluator, row_chunks(x, t, None, 0, 10), Progress(enabled=False))
+    assert_matches(evaluator.compute(), ref.evaluation(x, t, axis=0), "float32")
+    assert timings.bytes == x.nbytes and timings.wall_s > 0
+    assert (timings.overlap is None) == (not timings.timed)
+
+
+def test_pipeline_reports_bad_targets_with_global_position(rng):
+    x = make_logits(rng, (30, 4), "float32")
+    t = np.zeros(30, np.int64)
+    t[17] = 4
+    with pytest.raises(ValueError, match=r"target\[17\] = 4"):
+        nbce.evaluate(x, t, device="cuda", chunk_rows=8)
+
+
+def test_device_logits_refuse_the_cpu(rng):
+    x = cuda.to_device(make_logits(rng, (4, 3), "float32"))
+    with pytest.raises(ValueError, match="device='cpu' needs host logits"):
+        nbce.evaluate(x, np.zeros(4, np.int64), device="cpu")
