@@ -51,3 +51,13 @@ def test_float16_words_widen_in_registers():
     asm = _asm(_rows._block_extrema, np.zeros(2048, np.int16))
     # F16C's vcvtph2ps where available, otherwise a software conversion — never a libcall per element
     assert "vcvtph2ps" in asm or "__extendhfsf2" not in asm
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_count_above_the_target_is_vectorized(dtype):
+    block = np.zeros(2048, dtype=np.float32).astype(dtype)
+    pivot = np.float64(0.0) if dtype == "float64" else np.float32(0.0)
+    if dtype == "float16":
+        block = block.view(np.int16)
+    asm = _asm(_rows._count_above, block, pivot)
+    assert re.search(r"\bv?cmp\w*p[sd]\s", asm), "comparison did not vectorize"
