@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._cases import IMPLEMENTATIONS, make_inputs, median_seconds, read_bandwidth_gbs
+from ._cases import EVALUATIONS, IMPLEMENTATIONS, make_inputs, median_seconds, read_bandwidth_gbs
 
 SHAPES = ["4096x32000", "4096x1000", "256x128256"]
 DTYPES = ["float32", "float16", "bfloat16"]
@@ -33,22 +33,23 @@ class CrossEntropy:
 
 
 class Throughput:
-    """nbce's GB/s, and as a fraction of a parallel read of the same array."""
+    """nbce's GB/s (cross_entropy, or evaluate with every metric), and as a
+    fraction of a parallel read of the same array."""
 
-    params = [SHAPES, ["float32", "float16"]]
-    param_names = ["shape", "dtype"]
+    params = [SHAPES + ["65536x100"], ["float32", "float16"], ["cross_entropy", "evaluate"]]
+    param_names = ["shape", "dtype", "function"]
     unit = "GB/s"
     timeout = 300
 
-    def setup(self, shape, dtype):
+    def setup(self, shape, dtype, function):
         self.x, t = make_inputs(_shape(shape), dtype)
-        self.run = IMPLEMENTATIONS["nbce"](self.x, t)
-        self.gbs = self.x.nbytes / median_seconds(self.run) / 1e9
+        registry = IMPLEMENTATIONS if function == "cross_entropy" else EVALUATIONS
+        self.gbs = self.x.nbytes / median_seconds(registry["nbce"](self.x, t)) / 1e9
 
-    def track_gbs(self, shape, dtype):
+    def track_gbs(self, shape, dtype, function):
         return self.gbs
 
-    def track_fraction_of_read_bandwidth(self, shape, dtype):
+    def track_fraction_of_read_bandwidth(self, shape, dtype, function):
         return self.gbs / read_bandwidth_gbs(self.x)
 
     track_fraction_of_read_bandwidth.unit = "fraction"

@@ -1,6 +1,6 @@
 """Batch evaluation (loss, top-1/top-5 accuracy, entropy in one pass) beside NumPy, PyTorch and JAX
-doing the same with their own operations; nbce's throughput against a read of the same array; and
-the resident memory of evaluating a memory-mapped file larger than a gigabyte."""
+doing the same with their own operations, and the resident memory of evaluating a memory-mapped file
+larger than a gigabyte.  Its throughput is in ``bench_cross_entropy.Throughput``."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 
-from ._cases import EVALUATIONS, make_inputs, median_seconds, read_bandwidth_gbs
+from ._cases import EVALUATIONS, make_inputs
 
 SHAPES = ["4096x32000", "65536x100"]
 
@@ -35,27 +35,6 @@ class Evaluate:
 
     def time_evaluate(self, shape, library):
         self.run()
-
-
-class EvaluateThroughput:
-    """nbce.evaluate's GB/s, and as a fraction of a parallel read of the same array."""
-
-    params = [SHAPES, ["float32", "float16"]]
-    param_names = ["shape", "dtype"]
-    unit = "GB/s"
-    timeout = 300
-
-    def setup(self, shape, dtype):
-        self.x, t = make_inputs(_shape(shape), dtype)
-        self.gbs = self.x.nbytes / median_seconds(EVALUATIONS["nbce"](self.x, t)) / 1e9
-
-    def track_gbs(self, shape, dtype):
-        return self.gbs
-
-    def track_fraction_of_read_bandwidth(self, shape, dtype):
-        return self.gbs / read_bandwidth_gbs(self.x)
-
-    track_fraction_of_read_bandwidth.unit = "fraction"
 
 
 _MAPPED_EVALUATION = textwrap.dedent("""

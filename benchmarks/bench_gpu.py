@@ -74,3 +74,72 @@ class GpuCrossEntropy:
 
     track_event_ms.unit = "ms"
     track_fraction_of_copy_bandwidth.unit = "fraction"
+
+
+class GpuEvaluate:
+    """nbce.evaluate on a torch CUDA tensor against torch computing the same metrics on the GPU."""
+
+    params = [["4096x32000", "8192x128256"], ["nbce", "torch"]]
+    param_names = ["shape", "library"]
+    timeout = 600
+
+    def setup(self, shape, library):
+        torch = _torch_cuda()
+        n, v = (int(s) for s in shape.split("x"))
+        self.torch = torch
+        x = torch.randn(n, v, device="cuda", dtype=torch.bfloat16)
+        t = torch.randint(0, v, (n,), device="cuda")
+        if library == "nbce":
+            self.run = lambda: nbce.evaluate(x, t, top_k=(1, 5))
+        else:
+            def run():
+                log_p = torch.log_softmax(x.float(), dim=1)
+                hits = torch.topk(x, 5, dim=1).indices == t[:, None]
+                return (torch.nn.functional.nll_loss(log_p, t), hits[:, 0].float().mean(), hits.any(1).float().mean(),
+                        -(log_p.exp() * log_p).sum(1).mean())
+            self.run = run
+        self.ms = _event_ms(torch, self.run, repeat=10)
+        self.gbs = x.numel() * x.element_size() / (self.ms / 1e3) / 1e9
+
+    def time_evaluate(self, shape, library):
+        self.run()
+        self.torch.cuda.synchronize()
+
+    def track_event_ms(self, shape, library):
+        return self.ms
+
+    track_event_ms.unit = "ms"
+
+
+class GpuHostStreaming:
+    """Host chunks through the GPU: pinned buffers, two streams; the overlap of copies and kernels."""
+
+    unit = "fraction"
+    timeout = 600
+
+    def setup(self):
+        _torch_cuda()
+        from nbce._chunks import row_chunks
+        from nbce._progress import Progress
+        from nbce.cuda.pipeline import stream_host_chunks
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((16384, 32000), dtype=np.float32).astype(np.float16)  # 1 GB
+        t = rng.integers(0, 32000, 16384)
+        def run():
+            return stream_host_chunks(nbce.Evaluator(), row_chunks(x, t, None, 1, 1024), Progress(enabled=False))
+
+        run()
+        self.timings = run()
+
+    def track_copy_compute_overlap(self):
+        return self.timings.overlap
+
+    def track_end_to_end_gbs(self):
+        return self.timings.bytes / self.timings.wall_s / 1e9
+
+    def track_host_to_device_gbs(self):
+        return self.timings.copy_gb_per_second
+
+    track_end_to_end_gbs.unit = "GB/s"
+    track_host_to_device_gbs.unit = "GB/s"
