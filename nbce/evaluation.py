@@ -366,4 +366,11 @@ def _streams_to_gpu(device, logits):
     """Whether host chunks go through the GPU pipeline: device "cuda", or "auto" with a GPU."""
     if is_cuda_array(logits) or device == "cpu":
         return False
-    return device == "cuda" or gpu_available()
+    if device == "auto":
+        return gpu_available()
+    try:
+        from . import cuda
+    except ImportError:
+        raise RuntimeError("device='cuda' needs numba-cuda: pip install 'nbce[cuda]'") from None
+    cuda.require_device("device='cuda' was asked for")
+    return True

@@ -1,6 +1,7 @@
 """The ``nbce`` command line: score, demo, bench, and its handling of bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -116,6 +117,17 @@ def test_python_dash_m_in_a_fresh_process(files):
     done = subprocess.run([sys.executable, "-m", "nbce", "score", str(folder / "logits.npy"),
                            str(folder / "targets.npy"), "--json"], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout)["count"] == 270
+
+
+def test_cuda_without_a_gpu_is_one_line(files):
+    folder = files[0]
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}  # the real CUDA target
+    done = subprocess.run([sys.executable, "-m", "nbce", "score", str(folder / "logits.npy"),
+                           str(folder / "targets.npy"), "--device", "cuda"], capture_output=True, text=True, env=env)
+    if done.returncode == 0:
+        pytest.skip("a GPU is present")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "device='cuda' was asked for, but no CUDA device is usable" in done.stderr
 
 
 def test_demo_builds_scores_and_checks(capsys):

@@ -66,11 +66,11 @@ class DeviceRows:
         return prod(self.batch_shape)
 
 
-def require_device():
-    """Raise a clear error when CUDA arrays arrive but no CUDA device can run kernels."""
+def require_device(why="nbce got a CUDA array"):
+    """Raise a clear error when CUDA work arrives but no CUDA device can run kernels."""
     if not dev.available():
         raise RuntimeError(
-            "nbce got a CUDA array, but no CUDA device is usable here (no GPU or no driver); "
+            f"{why}, but no CUDA device is usable here (no GPU or no driver); "
             "install numba-cuda with a CUDA toolkit (pip install 'nbce[cuda]') on a machine with a GPU"
         )
 
