@@ -160,7 +160,7 @@ class Evaluator:
         # (a state of ~1 MB in memory pickles to a few kB).
         bins, pending, special = self._sums
         occupied = np.flatnonzero(bins)
-        return {"options": self.options(), "shape": bins.shape, "occupied": occupied,
+        return {"options": self.options(), "occupied": occupied,
                 "values": bins.reshape(-1)[occupied], "pending": pending, "special": special,
                 "counts": self._counts}
 
