@@ -76,3 +76,20 @@ def raise_bad_probability(position, value):
         f"probs{_index(position)} = {float(value)} is not a probability: binary_cross_entropy expects "
         "values in [0, 1] (use binary_cross_entropy_with_logits for scores)"
     )
+
+
+def class_indices(target, n_classes, ignore_index, origin=()):
+    """Host class indices as a flat int64 array; a value outside [0, C) that is
+    not ``ignore_index`` raises ``ValueError`` naming its position.
+
+    ``origin`` (the index of ``target[0, 0, ...]`` in a larger array, leading
+    axes first) shifts the reported position, for chunks.
+    """
+    target = np.asarray(target)
+    bad = out_of_range_targets(target, n_classes, ignore_index)
+    if bad.any():
+        position = np.unravel_index(int(np.argmax(bad)), target.shape)
+        value = target[position]
+        position = shift_position(position, origin)
+        raise_bad_target(position, value, n_classes, ignore_index)
+    return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)

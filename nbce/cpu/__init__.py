@@ -39,25 +39,9 @@ def normalize(rows, exponentiate, dtype, stream=None):
     return out
 
 
-def _checked_class_indices(target, n_classes, ignore_index, origin=()):
-    """Flat int64 class indices; a value outside [0, C) that is not ignored raises.
-
-    ``origin`` (the index of ``target[0, 0, ...]`` in a larger array, leading
-    axes first) shifts the reported position, for chunks.
-    """
-    target = np.asarray(target)
-    bad = _checks.out_of_range_targets(target, n_classes, ignore_index)
-    if bad.any():
-        position = np.unravel_index(int(np.argmax(bad)), target.shape)
-        value = target[position]
-        position = _checks.shift_position(position, origin)
-        _checks.raise_bad_target(position, value, n_classes, ignore_index)
-    return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
-
-
 def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=None):
     """(loss, weight of the target class) per row."""
-    indices = _checked_class_indices(target, rows.length, ignore_index)
+    indices = _checks.class_indices(target, rows.length, ignore_index)
     loss = np.empty(rows.n_rows, dtype=np.float64)
     target_weight = np.empty(rows.n_rows, dtype=np.float64)
     kernels.class_index_rows(rows.base, rows.geom, rows.length, indices, weight, ignore_index,
@@ -76,7 +60,7 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=No
 def row_metrics(rows, target, ignore_index, origin=(), stream=None):
     """(loss, rank, entropy, confidence) per row, from one read of each row
     (see ``kernels.metric_rows``); a bad class index raises."""
-    indices = _checked_class_indices(target, rows.length, ignore_index, origin)
+    indices = _checks.class_indices(target, rows.length, ignore_index, origin)
     n = rows.n_rows
     loss, entropy, confidence = (np.empty(n, dtype=np.float64) for _ in range(3))
     rank = np.empty(n, dtype=np.int64)

@@ -307,9 +307,7 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=0):
     k = _kernels(rows)
     on_device = is_cuda_array(target)
     if not on_device:
-        from ..cpu import _checked_class_indices
-
-        target = _checked_class_indices(target, rows.length, ignore_index, origin)
+        target = _checks.class_indices(target, rows.length, ignore_index, origin)
     target = _to_device(target, np.int64, stream, rows.device, "target")
     splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
     pm, ps, pt, above = (dev.device_empty((rows.n_rows, splits), np.float64, stream) for _ in range(4))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import cpu
 from .._arrays import as_float_array, normalize_axis
 from . import DeviceFloats, as_rows, row_metrics
 from . import _device as dev
@@ -75,7 +76,7 @@ class _Slot:
         events[1].record(self.stream)
         logical = np.dtype(np.float32) if bfloat16 else words.dtype
         rows = as_rows(DeviceFloats(on_device, logical, bfloat16, on_device), words.ndim - 1)
-        check_targets(_host_backend(), chunk.target, rows.batch_shape)
+        check_targets(cpu, chunk.target, rows.batch_shape)
         per_row = row_metrics(rows, chunk.target, evaluator.ignore_index, (chunk.first_row,), self.stream)
         events[2].record(self.stream)
         results = []
@@ -102,12 +103,6 @@ class _Slot:
         evaluator._tally(results, weights)
 
 
-def _host_backend():
-    from .. import cpu
-
-    return cpu
-
-
 def stream_host_chunks(evaluator, chunks, progress):
     """Score host ``chunks`` (``nbce._chunks.Chunk``) on the GPU into ``evaluator``;
     returns ``PipelineTimings``."""
@@ -121,7 +116,7 @@ def stream_host_chunks(evaluator, chunks, progress):
             slot = slots[i % 2]
             slot.drain(evaluator, timings)
             target_shape = np.shape(chunk.target)
-            slot.submit(evaluator, chunk, row_weights(_host_backend(), chunk.weight, target_shape))
+            slot.submit(evaluator, chunk, row_weights(cpu, chunk.weight, target_shape))
             timings.bytes += chunk.logits.nbytes
             progress.update(chunk.rows, chunk.logits.nbytes)
         for slot in slots:
