@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +109,20 @@ def test_ctrl_c_stops_cleanly(files, capsys, monkeypatch):
     folder = files[0]
     code, _, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy")
     assert code == 130 and err == "nbce score: interrupted\n"
+
+
+def test_sigint_while_scoring_exits_130_without_a_traceback(tmp_path):
+    # 300,000 one-row chunks: many seconds of scoring, so the signal lands mid-run
+    np.save(tmp_path / "x.npy", np.zeros((300_000, 4), np.float16))
+    np.save(tmp_path / "t.npy", np.zeros(300_000, np.int64))
+    child = subprocess.Popen([sys.executable, "-m", "nbce", "score", str(tmp_path / "x.npy"), str(tmp_path / "t.npy"),
+                              "--chunk-rows", "1", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    time.sleep(3.0)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert err == "nbce score: interrupted\n" and out == ""
 
 
 def test_python_dash_m_in_a_fresh_process(files):
