@@ -155,7 +155,8 @@ def _demo(args):
               f"({args.rows * args.classes * 2 / 1e6:,.0f} MB) and Zipf-distributed targets to {folder}",
               file=sys.stderr)
         logits_path, targets_path = _demo.write_dataset(Path(folder), args.rows, args.classes)
-        print(f"$ nbce score {logits_path.name} {targets_path.name}", file=sys.stderr)
+        print(f"$ nbce score {logits_path.name} {targets_path.name}   "
+              "(a first run compiles the kernels: seconds, then cached)", file=sys.stderr)
         score_args = argparse.Namespace(axis=-1, ignore_index=_demo.PADDING, top_k=(1, 5), calibration_bins=15,
                                         device=args.device, chunk_rows=None)
         logits, targets = open_array(str(logits_path)), open_array(str(targets_path))
