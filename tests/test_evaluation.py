@@ -198,11 +198,23 @@ def test_evaluator_pickles_and_keeps_its_state(rng):
     assert evaluator.reset().compute().count == 0
 
 
-def test_progress_goes_to_stderr(rng, capsys):
+def test_progress_goes_to_stderr(rng, capsys, monkeypatch):
     x = make_logits(rng, (100, 8), "float32")
-    nbce.evaluate(x, rng.integers(0, 8, 100), chunk_rows=10, progress=True)
+    t = rng.integers(0, 8, 100)
+    nbce.evaluate(x, t, chunk_rows=10, progress=True)
     captured = capsys.readouterr()
-    assert captured.out == ""
+    assert captured.out == "" and "scoring" in captured.err and "rows" in captured.err
+    nbce.evaluate(x, t, chunk_rows=10)
+    assert capsys.readouterr().err == ""
+    # without tqdm: a plain line, at most twice a second
+    from nbce import _progress
+
+    monkeypatch.setitem(__import__("sys").modules, "tqdm", None)
+    clock = iter(range(0, 1000, 1))
+    monkeypatch.setattr(_progress.time, "perf_counter", lambda: float(next(clock)))
+    nbce.evaluate(x, t, chunk_rows=10, progress=True)
+    err = capsys.readouterr().err
+    assert "scoring: 100/100 rows" in err and "GB/s" in err and err.endswith("\n")
 
 
 def test_matches_torch(rng):
