@@ -196,7 +196,7 @@ class Evaluator:
         """``update``; ``origin`` locates the chunk in a larger array for error messages."""
         backend, _, _, rows, stream = _scores(logits, self.axis, stream)
         check_targets(backend, target, rows.batch_shape)
-        weights = row_weights(backend, weight, rows.batch_shape)
+        weights = row_weights(backend, weight, rows.batch_shape, origin)
         per_row = backend.row_metrics(rows, target, self.ignore_index, origin, stream)
         self._tally(backend.to_host(per_row, stream), weights)
 
@@ -263,18 +263,22 @@ def check_targets(backend, target, batch_shape):
                         "class indices have the logits' shape without the class axis")
 
 
-def row_weights(backend, weight, batch_shape):
-    """Row weights as a flat float64 host array (empty when unweighted)."""
+def row_weights(backend, weight, batch_shape, origin=()):
+    """Row weights as a flat float64 host array (empty when unweighted); a
+    negative or non-finite weight raises, its position shifted by ``origin``."""
     if weight is None:
         return np.empty(0)
     array = backend.host_array(weight)
     if array.dtype.kind not in "fiub" or array.dtype.name == "bfloat16":
         raise TypeError(f"weight must be a real array, got dtype {array.dtype}")
     _checks.check_shape("weight", array.shape, batch_shape, "one weight per target")
-    array = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
-    if not np.all(array >= 0.0) or not np.all(np.isfinite(array)):
-        raise ValueError("weight must be finite and non-negative")
-    return array
+    flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
+    bad = ~((flat >= 0.0) & np.isfinite(flat))
+    if bad.any():
+        position = _checks.shift_position(np.unravel_index(int(np.argmax(bad)), array.shape), origin)
+        raise ValueError(f"weight{list(position)} = {flat[np.argmax(bad)]}: "
+                         "row weights must be finite and non-negative")
+    return flat
 
 
 def _as_array(values):

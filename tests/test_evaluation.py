@@ -154,6 +154,11 @@ def test_bad_target_names_its_position_in_the_whole_array(rng):
     t[33] = -3
     with pytest.raises(ValueError, match=r"target\[33\] = -3"):
         nbce.Evaluator().update(x, t)
+    t[33] = 0
+    w = np.ones(40)
+    w[21] = -0.5
+    with pytest.raises(ValueError, match=r"weight\[21\] = -0.5: row weights must be finite and non-negative"):
+        nbce.evaluate(x, t, weight=w, chunk_rows=8)
 
 
 @pytest.mark.parametrize("call,error,match", [

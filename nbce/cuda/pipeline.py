@@ -116,7 +116,7 @@ def stream_host_chunks(evaluator, chunks, progress):
             slot = slots[i % 2]
             slot.drain(evaluator, timings)
             target_shape = np.shape(chunk.target)
-            slot.submit(evaluator, chunk, row_weights(cpu, chunk.weight, target_shape))
+            slot.submit(evaluator, chunk, row_weights(cpu, chunk.weight, target_shape, (chunk.first_row,)))
             timings.bytes += chunk.logits.nbytes
             progress.update(chunk.rows, chunk.logits.nbytes)
         for slot in slots:
