@@ -14,9 +14,9 @@ import reference as ref
 from conftest import FLOAT_DTYPES, TOLERANCES, make_logits
 
 # (logits shape, class axis): V = 1, N = 0, several batch axes, class axis first
-# or in the middle, rows longer than a 2048-element block.
+# or in the middle, rows longer than a 2048-element block, a 256k vocabulary.
 CASES = [((64, 10), -1), ((5, 1), -1), ((0, 7), -1), ((3, 4, 30), -1), ((6, 9, 5), 1), ((4, 5000), -1),
-         ((7, 4), 0)]
+         ((7, 4), 0), ((2, 262144), -1)]
 
 
 def targets_for(rng, logits_shape, axis, ignored_every=5):
