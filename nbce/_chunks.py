@@ -59,13 +59,13 @@ def _advise(array, advice):
     _libc.madvise(start, stop - start, advice)  # a failed hint changes nothing: ignore it
 
 
-def chunk_axis(ndim, axis):
+def chunk_axis(axis):
     """The logits axis that chunks split: the first batch axis."""
     return 0 if axis != 0 else 1
 
 
 def default_chunk_rows(logits, axis):
-    along = chunk_axis(logits.ndim, axis)
+    along = chunk_axis(axis)
     per_index = logits.nbytes // max(1, logits.shape[along])
     return max(1, CHUNK_BYTES // max(1, per_index))
 
@@ -81,7 +81,7 @@ def row_chunks(logits, target, weight, axis, chunk_rows):
     if logits.ndim == 1:
         yield Chunk(0, logits, target, weight, 1)
         return
-    along = chunk_axis(logits.ndim, axis)
+    along = chunk_axis(axis)
     n = logits.shape[along]
     mapped = _is_file_mapping(logits)
     per_row = prod(target.shape[1:])

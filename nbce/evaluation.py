@@ -352,9 +352,9 @@ def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=Fals
     bar = Progress(total_rows, enabled=progress)
     try:
         if _streams_to_gpu(device, first.logits):
-            from . import cuda
+            from .cuda.pipeline import stream_host_chunks
 
-            cuda.stream_host_chunks(evaluator, chunks, bar)
+            stream_host_chunks(evaluator, chunks, bar)
         else:
             for chunk in chunks:
                 if device == "cpu" and is_cuda_array(chunk.logits):

@@ -206,19 +206,20 @@ def _grid(items):
     return max(1, min(items, 65535))
 
 
-def _row_states(rows, stream):
+def _row_states(rows, stream, target=None, ignore_index=0):
+    """(kernels, pm, ps, pt, above): each (row, chunk)'s online log-sum-exp state
+    and, with ``target``, its count of entries above the target's logit."""
     k = _kernels(rows)
     splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
     shape = (rows.n_rows, splits)
     pm, ps, pt = (dev.device_empty(shape, np.float64, stream) for _ in range(3))
+    if target is None:  # no rank wanted: empty operands switch the count off
+        target = dev.device_empty(0, np.int64, stream)
+        shape = (0, 0)
+    above = dev.device_empty(shape, np.float64, stream)
     if rows.n_rows:
-        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, *_not_counting(stream))
-    return k, pm, ps, pt
-
-
-def _not_counting(stream):
-    """stats_partials' (target, ignore_index, above) when no rank is wanted."""
-    return dev.device_empty(0, np.int64, stream), 0, dev.device_empty((0, 0), np.float64, stream)
+        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, target, ignore_index, above)
+    return k, pm, ps, pt, above
 
 
 def _per_row(n_rows):
@@ -226,7 +227,7 @@ def _per_row(n_rows):
 
 
 def softmax_stats(rows, with_entropy, stream=0):
-    k, pm, ps, pt = _row_states(rows, stream)
+    k, pm, ps, pt, _ = _row_states(rows, stream)
     lse = dev.device_empty(rows.n_rows, np.float64, stream)
     entropy = dev.device_empty(rows.n_rows, np.float64, stream)
     if rows.n_rows:
@@ -304,25 +305,21 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=0):
     Host targets are checked on the host (no synchronisation); device targets
     are checked in the kernel, and reading that flag waits for it.
     """
-    k = _kernels(rows)
     on_device = is_cuda_array(target)
     if not on_device:
         target = _checks.class_indices(target, rows.length, ignore_index, origin)
-    target = _to_device(target, np.int64, stream, rows.device, "target")
-    splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
-    pm, ps, pt, above = (dev.device_empty((rows.n_rows, splits), np.float64, stream) for _ in range(4))
+    target = _to_device(target, np.int64, stream, rows.device, "target").reshape(rows.n_rows)
+    k, pm, ps, pt, above = _row_states(rows, stream, target, ignore_index)
     loss, entropy, confidence = (dev.device_empty(rows.n_rows, np.float64, stream) for _ in range(3))
     rank = dev.device_empty(rows.n_rows, np.int64, stream)
     bad = dev.to_device(np.array([_NO_BAD_ROW], dtype=np.int64), stream=stream)
     if rows.n_rows:
-        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, target.reshape(rows.n_rows),
-                                                  ignore_index, above)
-        k.finish_metrics[_per_row(rows.n_rows) + (stream,)](pm, ps, pt, above, rows.data, target.reshape(rows.n_rows),
-                                                            ignore_index, loss, rank, entropy, confidence, bad)
+        k.finish_metrics[_per_row(rows.n_rows) + (stream,)](pm, ps, pt, above, rows.data, target, ignore_index,
+                                                            loss, rank, entropy, confidence, bad)
     if on_device:
         first_bad = int(bad.copy_to_host(stream=stream)[0])
         if first_bad != _NO_BAD_ROW:
-            value = int(target.reshape(rows.n_rows)[first_bad : first_bad + 1].copy_to_host(stream=stream)[0])
+            value = int(target[first_bad : first_bad + 1].copy_to_host(stream=stream)[0])
             position = _checks.shift_position(np.unravel_index(first_bad, rows.batch_shape), origin)
             _checks.raise_bad_target(position, value, rows.length, ignore_index)
     return loss, rank, entropy, confidence
@@ -466,9 +463,3 @@ def move_class_axis(out, axis):
         return out.movedim(-1, axis)
     raise NotImplementedError("Numba device arrays take the class axis last on the GPU")
 
-
-def stream_host_chunks(evaluator, chunks, progress):
-    """Score host chunks on the GPU with copy/compute overlap (see ``pipeline``)."""
-    from .pipeline import stream_host_chunks as run
-
-    return run(evaluator, chunks, progress)
