@@ -71,11 +71,12 @@ def _coalesce(shape, strides):
     return [n for n, _ in merged], [s for _, s in merged]
 
 
-def as_rows(array, axis):
+def as_rows(array, axis, stream=None):
     """Rows of ``array`` along ``axis`` without copying, for any strides.
 
     Copies only arrays with negative strides or strides that are not a
-    multiple of the item size.
+    multiple of the item size.  ``stream`` matches the CUDA backend's
+    signature; host rows need none.
     """
     array = storage_view(array)
     itemsize = array.itemsize

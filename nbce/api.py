@@ -39,7 +39,7 @@ def _scores(values, axis, stream, name="logits"):
     axis = normalize_axis(axis, array.ndim, name)
     if array.shape[axis] == 0:
         raise ValueError(f"{name} has no classes: its class axis {axis} has length 0")
-    return backend, array, axis, backend.as_rows(array, axis), stream
+    return backend, array, axis, backend.as_rows(array, axis, stream), stream
 
 
 def _per_row_result(backend, values, array, rows, stream, like):
@@ -147,7 +147,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
         probabilities = backend.as_float_array(target, "target")
         _checks.check_shape("target", probabilities.shape, array.shape,
                             "class-probability targets have the logits' shape")
-        loss = backend.soft_target_loss(rows, backend.as_rows(probabilities, axis), class_weight, smoothing,
+        loss = backend.soft_target_loss(rows, backend.as_rows(probabilities, axis, stream), class_weight, smoothing,
                                         code, stream)
         denominator = rows.n_rows
     else:

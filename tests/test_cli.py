@@ -111,13 +111,20 @@ def test_ctrl_c_stops_cleanly(files, capsys, monkeypatch):
     assert code == 130 and err == "nbce score: interrupted\n"
 
 
+def _sigint_default():
+    # A test run started in the background of a non-interactive shell ignores
+    # SIGINT, and children inherit that: give the child the default handling,
+    # as a terminal's foreground process has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_while_scoring_exits_130_without_a_traceback(tmp_path):
     # 300,000 one-row chunks: many seconds of scoring, so the signal lands mid-run
     np.save(tmp_path / "x.npy", np.zeros((300_000, 4), np.float16))
     np.save(tmp_path / "t.npy", np.zeros(300_000, np.int64))
     child = subprocess.Popen([sys.executable, "-m", "nbce", "score", str(tmp_path / "x.npy"), str(tmp_path / "t.npy"),
                               "--chunk-rows", "1", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, preexec_fn=_sigint_default)
     time.sleep(3.0)
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=60)

@@ -60,6 +60,25 @@ def test_rows_split_over_blocks_merge_exactly(rng):
     close(nbce.entropy(cuda.to_device(x)), ref.entropy(x))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize("shape", [(3, 1), (3, 7), (3, 8), (3, 9), (5, 33), (2, 300)])
+def test_wide_loads_at_every_alignment(shape, offset, dtype, rng):
+    """Rows start anywhere in a 16-byte slot: the first and last slot of each
+    row are cut by its ends, whole slots in between are read with one wide load."""
+    x = make_logits(rng, shape, dtype)
+    flat = cuda.to_device(np.concatenate([np.zeros(offset, dtype), x.ravel()]))
+    d = flat[offset:].reshape(*shape)
+    assert cuda_backend.dev.address(d) % 16 == offset * x.itemsize % 16
+    close(nbce.logsumexp(d), ref.logsumexp(x), dtype)
+    close(nbce.entropy(d), ref.entropy(x), dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    result = nbce.evaluate(d, cuda.to_device(t), top_k=(1, 2))
+    expected = nbce.evaluate(x, t, top_k=(1, 2))
+    assert result.accuracy == expected.accuracy
+    np.testing.assert_allclose(result.loss, expected.loss, rtol=1e-6)
+
+
 EDGE_ROWS = np.array([
     [-np.inf, -np.inf, -np.inf, -np.inf],
     [-np.inf, 2.0, -np.inf, 1.0],
@@ -168,10 +187,64 @@ def test_bfloat16_words_widen_like_ml_dtypes():
     np.testing.assert_array_equal(widened, values.astype(np.float32))
 
 
-def test_non_contiguous_numba_device_array_is_refused(rng):
-    x = cuda.to_device(np.asfortranarray(make_logits(rng, (4, 6), "float32")))
-    with pytest.raises(NotImplementedError, match="class axis last and C-contiguous"):
-        nbce.logsumexp(x)
+SLICES = {
+    "reversed": (slice(None, None, -1), slice(None, None, -1)),
+    "every_other_row": (slice(None, None, 2), slice(None)),
+    "columns_sliced": (slice(None), slice(1, -1)),
+}
+
+
+@pytest.mark.parametrize("layout", ["fortran"] + sorted(SLICES))
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_numba_device_arrays_in_any_layout(layout, axis, rng):
+    """Strided and reversed views are gathered on the device; a class axis
+    that is not last comes back in its place, as a view."""
+    whole = make_logits(rng, (9, 12), "float32")
+    if layout == "fortran":
+        x, view = whole, cuda.to_device(np.asfortranarray(whole))
+    else:
+        x, view = whole[SLICES[layout]], cuda.to_device(whole)[SLICES[layout]]
+    assert tuple(view.strides) == x.strides or layout == "fortran"
+    close(nbce.logsumexp(view, axis=axis), ref.logsumexp(x, axis=axis), "float32")
+    got = nbce.log_softmax(view, axis=axis)
+    assert tuple(got.shape) == x.shape
+    close(got, ref.log_softmax(x, axis=axis), "float32")
+
+
+def test_class_axis_in_the_middle_and_first(rng):
+    x = make_logits(rng, (4, 5, 3, 2), "float64")  # (N, C, d1, d2), PyTorch's class axis 1
+    t = rng.integers(0, 5, (4, 3, 2))
+    d = cuda.to_device(x)
+    close(nbce.cross_entropy(d, cuda.to_device(t), axis=1, reduction="none"),
+          nbce.cross_entropy(x, t, axis=1, reduction="none"))
+    close(nbce.softmax(d, axis=0), ref.softmax(x, axis=0))
+    close(nbce.entropy(d, axis=2), ref.entropy(x, axis=2))
+    y = make_logits(rng, (2, 3), "float64")
+    close(nbce.binary_cross_entropy_with_logits(cuda.to_device(y.T), cuda.to_device(np.ones((3, 2))),
+                                                reduction="none"),
+          nbce.binary_cross_entropy_with_logits(y.T, np.ones((3, 2)), reduction="none"))
+
+
+def test_bfloat16_words_on_one_side_only(rng):
+    """Logits and their class probabilities, or binary targets and weights,
+    each widen by their own storage when only one of them is bfloat16."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+
+    def device_floats(a):
+        if a.dtype == ml_dtypes.bfloat16:
+            return cuda_backend.DeviceFloats(cuda.to_device(a.view(np.uint16)), np.dtype(np.float32), True, None)
+        return cuda_backend.DeviceFloats(cuda.to_device(a), a.dtype, False, None)
+
+    x = make_logits(rng, (6, 20), "float32")
+    p = nbce.softmax(make_logits(rng, (6, 20), "float32"))
+    weight = rng.uniform(0.5, 2.0, 20)
+    for logits, probs in ((x, p.astype(ml_dtypes.bfloat16)), (x.astype(ml_dtypes.bfloat16), p)):
+        rows = cuda_backend.as_rows(device_floats(logits), 1)
+        got = cuda_backend.soft_target_loss(rows, cuda_backend.as_rows(device_floats(probs), 1), weight, 0.1, 0)
+        close(got, nbce.cross_entropy(logits, probs, weight=weight, label_smoothing=0.1, reduction="none"), "float32")
+        out, _ = cuda_backend.binary_loss(True, device_floats(logits), device_floats(probs), weight, None, np.float64)
+        expected = nbce.binary_cross_entropy_with_logits(logits, probs, weight=weight, reduction="none")
+        close(out, expected, "float32")
 
 
 def test_operands_on_another_gpu_are_refused():

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda")
 
 KERNELS_PER_DTYPE = {"stats_partials", "finish_metrics", "coefficient_sums", "class_index_loss", "normalize",
-                     "binary"}
+                     "binary", "gather"}
 SHARED_KERNELS = {"finish_stats", "negated_row_sums", "partial_sums", "cast_into", "quotient"}
 
 
@@ -52,3 +52,14 @@ def test_reductions_use_shared_memory_and_bad_targets_an_atomic(compiled):
             assert r["shared_memory"], r
         if r["kernel"] in ("class_index_loss", "binary", "finish_metrics"):
             assert r["atomic_min"], r
+
+
+def test_row_reductions_read_16_bytes_per_load(compiled):
+    """ld.global.v4.f32 / v2.f64 / v4.u32 (eight halves) in the two kernels that stream the logits."""
+    for r in compiled:
+        if r["kernel"] in ("stats_partials", "coefficient_sums"):
+            assert r["wide_load"], r
+
+
+def test_no_kernel_spills_to_local_memory(compiled):
+    assert not [r for r in compiled if r["local_memory"]]

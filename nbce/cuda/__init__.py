@@ -110,7 +110,7 @@ def as_float_array(obj, name):
     return DeviceFloats(data, dtype, False, obj)
 
 
-def _class_last_contiguous(array, axis):
+def _class_last_contiguous(array, axis, stream):
     """The operand with ``axis`` last and contiguous rows; copies on the device when needed."""
     data, source = array.data, array.source
     ndim = array.ndim
@@ -132,10 +132,28 @@ def _class_last_contiguous(array, axis):
 
             moved = moved.view(torch.int16)
         return dev.as_device_array(moved)
-    raise NotImplementedError(
-        "for Numba device arrays nbce needs the class axis last and C-contiguous rows; "
-        "pass a CuPy array or PyTorch tensor, or make the layout contiguous first"
-    )
+    return _gather_class_last(data, axis, stream)
+
+
+def _gather_class_last(data, axis, stream):
+    """A C-contiguous copy of ``data`` with ``axis`` moved last, made by the
+    ``gather`` kernel: Numba device arrays have no strided device copy."""
+    itemsize = np.dtype(data.dtype).itemsize
+    order = [k for k in range(len(data.shape)) if k != axis] + [axis]
+    shape = [data.shape[k] for k in order]
+    out = dev.device_empty(tuple(shape), data.dtype, stream)
+    if out.size == 0:
+        return out
+    if any(s % itemsize for s in data.strides):
+        raise ValueError(f"device array strides {tuple(data.strides)} are not multiples of its item size {itemsize}")
+    strides = [data.strides[k] // itemsize for k in order]
+    lowest = sum(min(0, s * (n - 1)) for n, s in zip(shape, strides))
+    span = 1 + sum(abs(s) * (n - 1) for n, s in zip(shape, strides))
+    memory = dev.strided_view(data, lowest * itemsize, (span,), (itemsize,))
+    geometry = dev.to_device(np.array([shape, strides], dtype=np.int64).T.copy(), stream=stream)
+    blocks = _grid(math.ceil(out.size / THREADS))
+    build(THREADS, False, False).gather[blocks, THREADS, stream](memory, -lowest, geometry, out.reshape(out.size))
+    return out
 
 
 def _c_strides(shape, itemsize):
@@ -147,10 +165,10 @@ def _c_strides(shape, itemsize):
     return tuple(reversed(strides))
 
 
-def as_rows(array, axis):
+def as_rows(array, axis, stream=0):
     batch_shape = array.shape[:axis] + array.shape[axis + 1:]
     length = array.shape[axis]
-    data = _class_last_contiguous(array, axis)
+    data = _class_last_contiguous(array, axis, stream)
     rows = data.reshape(prod(batch_shape), length)
     return DeviceRows(rows, tuple(batch_shape), length, array.bfloat16, array.dtype != np.float64,
                       device_ordinal(array.source))
@@ -172,16 +190,23 @@ def check_same_device(other, device, name):
         raise ValueError(f"{name} is on GPU {other} but the logits are on GPU {device}; move it to GPU {device}")
 
 
-def _to_device(values, dtype, stream, device=None, name="target"):
-    """Small host operands (targets, weights) move to the device; device ones stay (on the logits' GPU)."""
+def _device_vector(values, dtype, stream, device=None, name="target"):
+    """Small operands (targets, weights) flattened to one contiguous device
+    vector: host ones are copied to the device, device ones stay on the
+    logits' GPU (a device copy only when their layout is not contiguous)."""
     if is_cuda_array(values):
         check_same_device(device_ordinal(values), device, name)
-        return dev.as_device_array(values)
-    return dev.to_device(np.ascontiguousarray(values, dtype=dtype), stream=stream)
+        data = dev.as_device_array(values)
+        shape = tuple(data.shape)
+        if tuple(data.strides) != _c_strides(shape, np.dtype(data.dtype).itemsize) and prod(shape) > 1:
+            data = _gather_class_last(data, len(shape) - 1, stream)
+        return data.reshape(prod(shape))
+    host = np.ascontiguousarray(values, dtype=dtype)
+    return dev.to_device(host.reshape(host.size), stream=stream)
 
 
-def _kernels(rows):
-    return build(THREADS, rows.narrow, rows.bfloat16)
+def _kernels(rows, target_bfloat16=False):
+    return build(THREADS, rows.narrow, rows.bfloat16, target_bfloat16)
 
 
 def _launch_shape(n_rows, length):
@@ -218,8 +243,14 @@ def _row_states(rows, stream, target=None, ignore_index=0):
         shape = (0, 0)
     above = dev.device_empty(shape, np.float64, stream)
     if rows.n_rows:
-        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, target, ignore_index, above)
+        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, target, ignore_index, above,
+                                                  *_alignment(rows.data))
     return k, pm, ps, pt, above
+
+
+def _alignment(data):
+    """(address, row stride) of a 2-D device array modulo the wide-load size, in bytes."""
+    return dev.address(data) % dev.VECTOR_BYTES, data.strides[0] % dev.VECTOR_BYTES
 
 
 def _per_row(n_rows):
@@ -239,19 +270,18 @@ def normalize(rows, exponentiate, dtype, stream=0):
     lse, _ = softmax_stats(rows, False, stream)
     out = dev.device_empty((rows.n_rows, rows.length), dtype, stream)
     if rows.n_rows:
-        tile = (16, 16)
-        blocks = (math.ceil(rows.n_rows / 16), math.ceil(rows.length / 16))
-        _kernels(rows).normalize[blocks, tile, stream](rows.data, lse, exponentiate, out)
+        blocks = _grid(math.ceil(out.size / THREADS))
+        _kernels(rows).normalize[blocks, THREADS, stream](rows.data, lse, exponentiate, out)
     return out
 
 
-def _coefficient_sums(rows, soft_rows, weight, smoothing, input_type, lse, stream):
-    k = _kernels(rows)
+def _coefficient_sums(rows, soft_rows, weight, smoothing, input_type, lse, stream, target_bfloat16=False):
+    k = _kernels(rows, target_bfloat16)
     splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
     sums = dev.device_empty((rows.n_rows, splits), np.float64, stream)
     if rows.n_rows:
         k.coefficient_sums[blocks, THREADS, stream](
-            rows.data, soft_rows, weight, smoothing, input_type, lse, splits, group, sums)
+            rows.data, soft_rows, weight, smoothing, input_type, lse, splits, group, sums, *_alignment(rows.data))
     return sums
 
 
@@ -261,8 +291,8 @@ def _no_columns(rows, stream):
 
 def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=0):
     """(loss, target weight) per row; raises the CPU's ValueError for a bad class index."""
-    target = _to_device(target, np.int64, stream, rows.device, "target")
-    weight = _to_device(weight, np.float64, stream, rows.device, "weight")
+    target = _device_vector(target, np.int64, stream, rows.device, "target")
+    weight = _device_vector(weight, np.float64, stream, rows.device, "weight")
     lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
     sums = _coefficient_sums(rows, _no_columns(rows, stream), weight, smoothing, input_type, lse, stream)
     loss = dev.device_empty(rows.n_rows, np.float64, stream)
@@ -285,9 +315,9 @@ def _zeros(n, stream):
 
 def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=0):
     check_same_device(target_rows.device, rows.device, "target")
-    weight = _to_device(weight, np.float64, stream, rows.device, "weight")
+    weight = _device_vector(weight, np.float64, stream, rows.device, "weight")
     lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
-    sums = _coefficient_sums(rows, target_rows.data, weight, smoothing, input_type, lse, stream)
+    sums = _coefficient_sums(rows, target_rows.data, weight, smoothing, input_type, lse, stream, target_rows.bfloat16)
     loss = dev.device_empty(rows.n_rows, np.float64, stream)
     if rows.n_rows:
         _kernels(rows).negated_row_sums[_per_row(rows.n_rows) + (stream,)](sums, loss)
@@ -308,7 +338,7 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=0):
     on_device = is_cuda_array(target)
     if not on_device:
         target = _checks.class_indices(target, rows.length, ignore_index, origin)
-    target = _to_device(target, np.int64, stream, rows.device, "target").reshape(rows.n_rows)
+    target = _device_vector(target, np.int64, stream, rows.device, "target")
     k, pm, ps, pt, above = _row_states(rows, stream, target, ignore_index)
     loss, entropy, confidence = (dev.device_empty(rows.n_rows, np.float64, stream) for _ in range(3))
     rank = dev.device_empty(rows.n_rows, np.int64, stream)
@@ -356,11 +386,11 @@ def target_dtype(target):
     return np.asarray(target).dtype
 
 
-def _two_dimensional(array):
-    """``array`` as (rows, last axis) with contiguous rows (device copy via its library if needed)."""
+def _two_dimensional(array, stream):
+    """``array`` as (rows, last axis) with contiguous rows (a device copy if needed)."""
     if array.ndim == 0:
         return array.data.reshape(1, 1)
-    return as_rows(array, array.ndim - 1).data
+    return as_rows(array, array.ndim - 1, stream).data
 
 
 def _broadcast_operand(values, shape, name, stream):
@@ -392,7 +422,7 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
     for values, name in ((weight, "weight"), (pos_weight, "pos_weight")):
         check_same_device(device_ordinal(values), device, name)
     shape = x.shape
-    x2, y2 = _two_dimensional(x), _two_dimensional(y)
+    x2, y2 = _two_dimensional(x, stream), _two_dimensional(y, stream)
     w2 = _broadcast_operand(weight, shape, "weight", stream)
     pw2 = _broadcast_operand(pos_weight, shape, "pos_weight", stream)
     n_rows, length = x2.shape
@@ -401,7 +431,7 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
     row_sums = dev.device_empty(n_rows, np.float64, stream)
     bad = dev.to_device(np.array([np.iinfo(np.int64).max], dtype=np.int64), stream=stream)
     if n_rows:
-        kernels = build(THREADS, x.dtype != np.float64, x.bfloat16)
+        kernels = build(THREADS, x.dtype != np.float64, x.bfloat16, y.bfloat16)
         kernels.binary[_grid(n_rows), THREADS, stream](from_logits, x2, y2, w2, pw2, store, out, row_sums, bad)
     first_bad = int(bad.copy_to_host(stream=stream)[0])
     if first_bad != np.iinfo(np.int64).max:
@@ -453,7 +483,8 @@ def wrap_like(result, like):
 
 
 def move_class_axis(out, axis):
-    """A class-last result (already in the caller's array type) with its class axis back at ``axis``."""
+    """A class-last result (already in the caller's array type) with its class
+    axis back at ``axis``: a view, as ``numpy.moveaxis`` gives."""
     library = _library(out)
     if library == "cupy":
         import cupy
@@ -461,5 +492,9 @@ def move_class_axis(out, axis):
         return cupy.moveaxis(out, -1, axis)
     if library == "torch":
         return out.movedim(-1, axis)
-    raise NotImplementedError("Numba device arrays take the class axis last on the GPU")
-
+    order = list(range(len(out.shape) - 1))
+    order.insert(axis, len(out.shape) - 1)
+    shape = tuple(out.shape[k] for k in order)
+    if 0 in shape:
+        return dev.device_empty(shape, out.dtype)
+    return dev.strided_view(out, 0, shape, tuple(out.strides[k] for k in order))

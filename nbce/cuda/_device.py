@@ -5,6 +5,7 @@ kernel decorator, the simulator switch, device-array recognition and
 conversion, streams.
 """
 
+import numpy as np
 from numba import config, cuda
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -55,6 +56,33 @@ def as_device_array(obj):
     return cuda.as_cuda_array(obj)
 
 
+def address(array):
+    """The device address of ``array``'s first element."""
+    if SIMULATOR:
+        return array._ary.ctypes.data
+    return array.__cuda_array_interface__["data"][0]
+
+
+def strided_view(array, offset, shape, strides):
+    """A device array over ``array``'s memory, no copy: ``shape`` with byte
+    ``strides`` (non-negative), starting ``offset`` bytes from ``array``'s
+    first element (negative to reach memory before it)."""
+    start = address(array) + offset
+    if SIMULATOR:
+        import ctypes
+
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        memory = array._ary  # keeps the owner alive when the view starts at its first element
+        if offset:
+            extent = sum((n - 1) * s for n, s in zip(shape, strides)) + array.itemsize
+            memory = np.frombuffer((ctypes.c_char * extent).from_address(start), dtype=array.dtype)
+        return FakeCUDAArray(np.lib.stride_tricks.as_strided(memory, shape, strides))
+    interface = {"shape": tuple(shape), "strides": tuple(strides), "data": (start, False),
+                 "typestr": array.dtype.str, "version": 3}
+    return cuda.from_cuda_array_interface(interface, owner=array, sync=False)
+
+
 def stream():
     return cuda.stream()
 
@@ -77,18 +105,66 @@ def external_stream(handle):
     return cuda.external_stream(handle)
 
 
+# Bytes per wide load: one 128-bit access per thread moves a warp's 512 bytes
+# in four transactions instead of sixteen 32-bit ones for float32.
+VECTOR_BYTES = 16
+
 if SIMULATOR:
-    import numpy as _np
+    def load_vector(array, row, column):
+        """Simulator fallback: the same elements, read one by one, after the
+        alignment check that the hardware would fail on."""
+        data = getattr(array, "_ary", array)
+        where = data.ctypes.data + row * data.strides[0] + column * data.strides[1]
+        if where % VECTOR_BYTES:
+            raise RuntimeError(f"misaligned {VECTOR_BYTES}-byte load at address {where:#x}")
+        return tuple(array[row, column + i] for i in range(VECTOR_BYTES // array.itemsize))
 
     def bfloat16_to_float32(word):
         """Simulator fallback: the same bit shift, through NumPy views."""
-        return _np.array([_np.uint32(word) << _np.uint32(16)], dtype=_np.uint32).view(_np.float32)[0]
+        return np.array([np.uint32(word) << np.uint32(16)], dtype=np.uint32).view(np.float32)[0]
 
     def multiprocessor_count():
         return 1
 else:
+    from llvmlite import ir as _ir
     from numba import int32 as _int32
+    from numba import types as _types
+    from numba.cuda import cgutils as _cgutils
     from numba.cuda import libdevice as _libdevice
+    from numba.cuda.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def load_vector(typingctx, array, row, column):
+        """x[row, column : column + w] as a w-tuple from one ``VECTOR_BYTES``-wide load
+        (w = VECTOR_BYTES / itemsize).  The caller guarantees the alignment."""
+        width = VECTOR_BYTES * 8 // array.dtype.bitwidth
+        result = _types.UniTuple(array.dtype, width)
+
+        def codegen(context, builder, sig, args):
+            array_type = sig.args[0]
+            data = context.make_array(array_type)(context, builder, value=args[0])
+            indices = [context.cast(builder, v, t, _types.intp) for v, t in zip(args[1:], sig.args[1:])]
+            pointer = _cgutils.get_item_pointer(context, builder, array_type, data, indices, wraparound=False)
+            element = context.get_value_type(array_type.dtype)
+            bits = array_type.dtype.bitwidth
+            # Words of at least 32 bits: PTX narrower than that splits a
+            # 16-byte vector of halves into two 8-byte loads.
+            word_bits = max(bits, 32)
+            word = _ir.IntType(word_bits) if bits < 32 else element
+            vector_type = _ir.VectorType(word, VECTOR_BYTES * 8 // word_bits)
+            vector = builder.load(builder.bitcast(pointer, vector_type.as_pointer()), align=VECTOR_BYTES)
+            items = []
+            for i in range(vector_type.count):
+                value = builder.extract_element(vector, _ir.Constant(_ir.IntType(32), i))
+                if bits == word_bits:
+                    items.append(value)
+                    continue
+                for part in range(word_bits // bits):  # little-endian: the low bits come first
+                    piece = builder.trunc(builder.lshr(value, _ir.Constant(word, part * bits)), _ir.IntType(bits))
+                    items.append(builder.bitcast(piece, element))
+            return context.make_tuple(builder, result, items)
+
+        return result(array, row, column), codegen
 
     @cuda.jit(device=True)
     def bfloat16_to_float32(word):

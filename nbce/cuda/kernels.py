@@ -30,16 +30,27 @@ LOG_CLAMP = -100.0
 
 
 @lru_cache(maxsize=None)
-def build(threads, narrow, bfloat16):
+def build(threads, narrow, bfloat16, target_bfloat16=False):
     """Kernels for ``threads`` per block (a power of two), float32 maths when
-    ``narrow``, bfloat16 words (uint16 storage) when ``bfloat16``."""
+    ``narrow``, logits stored as bfloat16 words (uint16) when ``bfloat16``,
+    and class-probability targets stored so when ``target_bfloat16``."""
     jit = dev.jit
 
     @jit(device=True)
-    def load(x, r, j):
+    def to_float(v):
         if bfloat16:
-            return np.float64(dev.bfloat16_to_float32(x[r, j]))
-        return np.float64(x[r, j])
+            return np.float64(dev.bfloat16_to_float32(v))
+        return np.float64(v)
+
+    @jit(device=True)
+    def load_target(y, r, j):
+        if target_bfloat16:
+            return np.float64(dev.bfloat16_to_float32(y[r, j]))
+        return np.float64(y[r, j])
+
+    @jit(device=True)
+    def load(x, r, j):
+        return to_float(x[r, j])
 
     @jit(device=True)
     def exp_of(d):
@@ -76,6 +87,12 @@ def build(threads, narrow, bfloat16):
         return m, s + e, (t + e * d) if e > 0 else t
 
     @jit(device=True)
+    def fold(m, s, t, a, v, pivot):
+        """``push`` and count ``v`` when it lies above ``pivot``."""
+        m, s, t = push(m, s, t, v)
+        return m, s, t, (a + 1.0) if v > pivot else a
+
+    @jit(device=True)
     def merge(m1, s1, t1, m2, s2, t2):
         """Combine two states; associative up to rounding, applied in a fixed order."""
         if m2 > m1:
@@ -105,6 +122,16 @@ def build(threads, narrow, bfloat16):
         return lo, min(n, lo + size)
 
     @jit(device=True)
+    def row_slots(x, r, address16, stride16, splits, chunk):
+        """(first, end, width, shift): chunk ``chunk`` of row r's aligned slots.
+        Slot q holds elements q * width - shift ... + width; shift is how far
+        the row starts past a ``dev.VECTOR_BYTES`` boundary, in elements."""
+        width = dev.VECTOR_BYTES // x.itemsize
+        shift = (address16 + r * stride16) % dev.VECTOR_BYTES // x.itemsize
+        first, end = chunk_bounds((x.shape[1] + shift + width - 1) // width, splits, chunk)
+        return first, end, width, shift
+
+    @jit(device=True)
     def group_sum(acc, tid, group):
         """Tree-sum each aligned group of ``group`` entries of ``acc`` in shared
         memory (fixed order); every thread gets its group's total.  Called by
@@ -128,10 +155,16 @@ def build(threads, narrow, bfloat16):
         return cuda.blockIdx.x * per_block, cuda.gridDim.x * per_block
 
     @jit
-    def stats_partials(x, splits, group, pm, ps, pt, target, ignore_index, above):
+    def stats_partials(x, splits, group, pm, ps, pt, target, ignore_index, above, address16, stride16):
         """A group of ``group`` threads per (row, chunk) -> the chunk's merged
         state, into pm/ps/pt[row, chunk].  Small rows share a block, long rows
         get a block per chunk.
+
+        Rows are read in aligned slots of ``dev.VECTOR_BYTES``, one wide load
+        per slot, consecutive slots to consecutive lanes; only a row's first
+        and last slot, cut by the row's ends, are read element by element.
+        ``address16`` and ``stride16`` are x's address and row stride in bytes
+        modulo ``dev.VECTOR_BYTES``: they give where each row's slots start.
 
         When ``above`` has rows, the same read also counts the entries above
         the target's logit x[r, target[r]] into above[row, chunk]; rows whose
@@ -160,12 +193,15 @@ def build(threads, narrow, bfloat16):
                     if read:
                         pivot = load(x, r, c)
                 if read:
-                    lo, hi = chunk_bounds(n, splits, item - r * splits)
-                    for j in range(lo + lane, hi, group):
-                        v = load(x, r, j)
-                        m, s, t = push(m, s, t, v)
-                        if v > pivot:
-                            a += 1.0
+                    first, end, width, shift = row_slots(x, r, address16, stride16, splits, item - r * splits)
+                    for slot in range(first + lane, end, group):
+                        start = slot * width - shift
+                        if start >= 0 and start + width <= n:
+                            for v in dev.load_vector(x, r, start):
+                                m, s, t, a = fold(m, s, t, a, to_float(v), pivot)
+                        else:
+                            for j in range(max(start, 0), min(start + width, n)):
+                                m, s, t, a = fold(m, s, t, a, load(x, r, j), pivot)
             sm[tid], ss[tid], st[tid], sa[tid] = m, s, t, a
             cuda.syncthreads()
             stride = group // 2
@@ -235,30 +271,45 @@ def build(threads, narrow, bfloat16):
         lp = log_of(v)
         return LOG_CLAMP if lp < LOG_CLAMP else lp
 
+    @jit(device=True)
+    def coefficient_term(v, r, j, y, soft, weight, smoothing, lse, input_type):
+        """a_j log p_j for entry ``v`` = x[r, j]; see ``coefficient_sums``."""
+        a = weight[j]
+        if soft:
+            a *= (1.0 - smoothing) * load_target(y, r, j) + smoothing / y.shape[1]
+        if a != 0.0:
+            return a * log_prob(v, lse[r], input_type)
+        return 0.0
+
     @jit
-    def coefficient_sums(x, y, weight, smoothing, input_type, lse, splits, group, out):
+    def coefficient_sums(x, y, weight, smoothing, input_type, lse, splits, group, out, address16, stride16):
         """out[row, chunk] = sum_c a_c log p_c over the chunk, a_c = w_c when ``y`` has
         no columns (label smoothing of class indices), else w_c ((1 - eps) y_c + eps / C).
-        Work is laid out as in ``stats_partials``."""
+        Work is laid out, and x read in wide slots, as in ``stats_partials``."""
         acc = cuda.shared.array(threads, np.float64)
         tid = cuda.threadIdx.x
         lane = tid % group
         n_rows, n = x.shape
         soft = y.shape[1] > 0
         items = n_rows * splits
-        first, step = work_items(items, group)
-        for base in range(first, items, step):
+        first_item, step = work_items(items, group)
+        for base in range(first_item, items, step):
             item = base + tid // group
             total = 0.0
             if item < items:
                 r = item // splits
-                lo, hi = chunk_bounds(n, splits, item - r * splits)
-                for j in range(lo + lane, hi, group):
-                    a = weight[j]
-                    if soft:
-                        a *= (1.0 - smoothing) * load(y, r, j) + smoothing / n
-                    if a != 0.0:
-                        total += a * log_prob(load(x, r, j), lse[r], input_type)
+                first, end, width, shift = row_slots(x, r, address16, stride16, splits, item - r * splits)
+                for slot in range(first + lane, end, group):
+                    start = slot * width - shift
+                    if start >= 0 and start + width <= n:
+                        j = start
+                        for v in dev.load_vector(x, r, start):
+                            total += coefficient_term(to_float(v), r, j, y, soft, weight, smoothing, lse, input_type)
+                            j += 1
+                    else:
+                        for j in range(max(start, 0), min(start + width, n)):
+                            total += coefficient_term(load(x, r, j), r, j, y, soft, weight, smoothing, lse,
+                                                      input_type)
             acc[tid] = total
             chunk_total = group_sum(acc, tid, group)
             if lane == 0 and item < items:
@@ -305,14 +356,18 @@ def build(threads, narrow, bfloat16):
 
     @jit
     def normalize(x, lse, exponentiate, out):
-        r, j = cuda.grid(2)
-        if r < out.shape[0] and j < out.shape[1]:
+        """out = x - lse (or its exp), row by row.  Consecutive threads take
+        consecutive elements of the flattened rows: reads and writes coalesce."""
+        n = out.shape[1]
+        for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            r = e // n
+            j = e - r * n
             d = load(x, r, j) - lse[r]
             out[r, j] = exp_of(d) if exponentiate else d
 
     @jit(device=True)
     def broadcast_load(a, r, j):
-        return load(a, r if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0)
+        return np.float64(a[r if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0])
 
     @jit
     def binary(from_logits, x, y, w, pw, store, out, row_sums, bad):
@@ -326,7 +381,7 @@ def build(threads, narrow, bfloat16):
             bad_here = 0
             for j in range(tid, n, threads):
                 v = load(x, r, j)
-                target = load(y, r, j)
+                target = load_target(y, r, j)
                 weight = broadcast_load(w, r, j)
                 if from_logits:
                     positive = broadcast_load(pw, r, j)
@@ -364,6 +419,20 @@ def build(threads, narrow, bfloat16):
         grand_total = group_sum(acc, tid, threads)
         if tid == 0:
             partials[cuda.blockIdx.x] = grand_total
+
+    @jit
+    def gather(src, first, geometry, out):
+        """out[e] = src[first + sum_k i_k * stride_k], where (i_k) unravels e
+        row-major over the sizes; geometry[k] = (size_k, stride_k) in elements.
+        Writes are coalesced; reads follow the source's strides."""
+        for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            rest = e
+            offset = first
+            for k in range(geometry.shape[0] - 1, -1, -1):
+                size = geometry[k, 0]
+                offset += (rest % size) * geometry[k, 1]
+                rest //= size
+            out[e] = src[offset]
 
     @jit
     def cast_into(src, dst):

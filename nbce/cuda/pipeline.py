@@ -75,7 +75,7 @@ class _Slot:
         on_device.copy_to_device(staged, stream=self.stream)
         events[1].record(self.stream)
         logical = np.dtype(np.float32) if bfloat16 else words.dtype
-        rows = as_rows(DeviceFloats(on_device, logical, bfloat16, on_device), words.ndim - 1)
+        rows = as_rows(DeviceFloats(on_device, logical, bfloat16, on_device), words.ndim - 1, self.stream)
         check_targets(cpu, chunk.target, rows.batch_shape)
         per_row = row_metrics(rows, chunk.target, evaluator.ignore_index, (chunk.first_row,), self.stream)
         events[2].record(self.stream)

@@ -32,15 +32,16 @@ CAPABILITIES = [(8, 0), (9, 0)]
 def signatures(storage):
     x = types.Array(storage, 2, "C")
     return {
-        "stats_partials": (x, I64, I64, MATRIX_F64, MATRIX_F64, MATRIX_F64, VECTOR_I64, I64, MATRIX_F64),
+        "stats_partials": (x, I64, I64, MATRIX_F64, MATRIX_F64, MATRIX_F64, VECTOR_I64, I64, MATRIX_F64, I64, I64),
         "finish_metrics": (MATRIX_F64, MATRIX_F64, MATRIX_F64, MATRIX_F64, x, VECTOR_I64, I64, VECTOR_F64,
                            VECTOR_I64, VECTOR_F64, VECTOR_F64, VECTOR_I64),
-        "coefficient_sums": (x, x, VECTOR_F64, F64, I64, VECTOR_F64, I64, I64, MATRIX_F64),
+        "coefficient_sums": (x, x, VECTOR_F64, F64, I64, VECTOR_F64, I64, I64, MATRIX_F64, I64, I64),
         "class_index_loss": (x, types.Array(I64, 1, "C"), VECTOR_F64, I64, F64, I64, VECTOR_F64, MATRIX_F64,
                              VECTOR_F64, VECTOR_F64, types.Array(I64, 1, "C")),
         "normalize": (x, VECTOR_F64, types.boolean, types.Array(types.float32, 2, "C")),
         "binary": (types.boolean, x, x, MATRIX_F64, MATRIX_F64, types.boolean, MATRIX_F64, VECTOR_F64,
                    types.Array(I64, 1, "C")),
+        "gather": (types.Array(storage, 1, "C"), I64, types.Array(I64, 2, "C"), types.Array(storage, 1, "C")),
     }
 
 
@@ -61,6 +62,8 @@ def facts(ptx):
         "atomic_min": "atom.global.min" in ptx,
         "shared_memory": ".shared" in ptx,
         "fp64_exp_libcall": "__nv_exp" in ptx,
+        "wide_load": "ld.global.v2.f64" in ptx or "ld.global.v4." in ptx,
+        "local_memory": ".local" in ptx,
     }
 
 
@@ -99,7 +102,7 @@ def main():
         sys.exit("PTX compilation needs the real CUDA target: unset NUMBA_ENABLE_CUDASIM")
     jobs = [(name, "any", sig, build(THREADS, False, False)) for name, sig in SHARED.items()]
     for dtype, (storage, narrow, bfloat16) in STORAGE.items():
-        kernels = build(THREADS, narrow, bfloat16)
+        kernels = build(THREADS, narrow, bfloat16, bfloat16)  # targets stored like the logits
         jobs += [(name, dtype, sig, kernels) for name, sig in signatures(storage).items()]
     for name, dtype, sig, kernels in jobs:
         for cc in CAPABILITIES:
