@@ -115,10 +115,7 @@ def _class_last_contiguous(array, axis, stream):
     data, source = array.data, array.source
     ndim = array.ndim
     last = axis == ndim - 1
-    itemsize = np.dtype(data.dtype).itemsize
-    contiguous = array.size == 0 or all(
-        n == 1 or have == want for n, have, want in zip(array.shape, data.strides, _c_strides(array.shape, itemsize)))
-    if last and contiguous:
+    if last and _c_contiguous(data):
         return data
     library = _library(source)
     if library == "cupy":
@@ -154,6 +151,15 @@ def _gather_class_last(data, axis, stream):
     blocks = _grid(math.ceil(out.size / THREADS))
     build(THREADS, False, False).gather[blocks, THREADS, stream](memory, -lowest, geometry, out.reshape(out.size))
     return out
+
+
+def _c_contiguous(data):
+    """Whether a device array's elements are laid out in C order without gaps
+    (the strides of length-1 axes do not matter)."""
+    shape = tuple(data.shape)
+    itemsize = np.dtype(data.dtype).itemsize
+    return prod(shape) == 0 or all(
+        n == 1 or have == want for n, have, want in zip(shape, data.strides, _c_strides(shape, itemsize)))
 
 
 def _c_strides(shape, itemsize):
@@ -197,10 +203,9 @@ def _device_vector(values, dtype, stream, device=None, name="target"):
     if is_cuda_array(values):
         check_same_device(device_ordinal(values), device, name)
         data = dev.as_device_array(values)
-        shape = tuple(data.shape)
-        if tuple(data.strides) != _c_strides(shape, np.dtype(data.dtype).itemsize) and prod(shape) > 1:
-            data = _gather_class_last(data, len(shape) - 1, stream)
-        return data.reshape(prod(shape))
+        if not _c_contiguous(data):
+            data = _gather_class_last(data, len(data.shape) - 1, stream)
+        return data.reshape(prod(data.shape))
     host = np.ascontiguousarray(values, dtype=dtype)
     return dev.to_device(host.reshape(host.size), stream=stream)
 
