@@ -105,8 +105,8 @@ def external_stream(handle):
     return cuda.external_stream(handle)
 
 
-# Bytes per wide load: one 128-bit access per thread moves a warp's 512 bytes
-# in four transactions instead of sixteen 32-bit ones for float32.
+# Bytes per wide load: a warp moves 512 bytes per load instruction instead of
+# the 128 of float32 scalars, so each thread keeps more bytes in flight.
 VECTOR_BYTES = 16
 
 if SIMULATOR:
