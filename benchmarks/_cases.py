@@ -5,12 +5,21 @@ callable computing the mean cross-entropy, or raises ``NotImplementedError``
 when its library is not installed (asv then skips the case).
 """
 
-import time
+import importlib
 
 import numpy as np
 from numba import njit, prange
 
 import nbce
+from nbce import _bench
+
+
+def _optional(module):
+    """Import ``module``, or tell asv to skip the case when it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise NotImplementedError(f"{module.split('.')[0]} is not installed") from None
 
 
 def _nbce(x, t):
@@ -27,10 +36,7 @@ def _numpy(x, t):
 
 
 def _torch(x, t):
-    try:
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch is not installed") from None
+    torch = _optional("torch")
     if x.dtype.name == "bfloat16":
         xt = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
     else:
@@ -40,11 +46,8 @@ def _torch(x, t):
 
 
 def _jax(x, t):
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
-        raise NotImplementedError("jax is not installed") from None
+    jax = _optional("jax")
+    jnp = _optional("jax.numpy")
 
     @jax.jit
     def loss(x, t):
@@ -83,10 +86,7 @@ def _numpy_evaluate(x, t):
 
 
 def _torch_evaluate(x, t):
-    try:
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch is not installed") from None
+    torch = _optional("torch")
     xt, tt = torch.from_numpy(x), torch.from_numpy(t)
 
     def run():
@@ -100,11 +100,8 @@ def _torch_evaluate(x, t):
 
 
 def _jax_evaluate(x, t):
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
-        raise NotImplementedError("jax is not installed") from None
+    jax = _optional("jax")
+    jnp = _optional("jax.numpy")
 
     @jax.jit
     def metrics(x, t):
@@ -155,10 +152,4 @@ def read_bandwidth_gbs(array, repeat=7):
 
 
 def median_seconds(fn, repeat=7):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return _bench.median_seconds(fn, repeat)

@@ -5,10 +5,11 @@ import time
 import numpy as np
 
 
-def _median_seconds(run, repeats=5):
-    run()  # compile / warm up
+def median_seconds(run, repeat=5):
+    """Median wall time of ``repeat`` calls of ``run`` after one warm-up call (compilation)."""
+    run()
     times = []
-    for _ in range(repeats):
+    for _ in range(repeat):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
@@ -39,7 +40,7 @@ def speed_table(rows, classes):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((rows, classes), dtype=np.float32) * 3.0)
     t = rng.integers(0, classes, rows)
-    timings = [(name, _median_seconds(run)) for name, run in _candidates(x, t)]
+    timings = [(name, median_seconds(run)) for name, run in _candidates(x, t)]
     reference = timings[0][1]
     lines = [f"{rows} x {classes} float32 logits ({x.nbytes / 1e6:.0f} MB), median of 5 runs",
              f"  {'implementation':<34} {'ms':>9} {'GB/s':>7} {'vs nbce.cross_entropy':>22}"]
