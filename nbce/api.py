@@ -42,11 +42,6 @@ def _scores(values, axis, stream, name="logits"):
     return backend, array, axis, backend.as_rows(array, axis, stream), stream
 
 
-def _per_row_result(backend, values, array, rows, stream, like):
-    dtype = result_dtype(array.dtype)
-    return backend.wrap_like(backend.finish(values, dtype, rows.batch_shape, stream), like)
-
-
 def logsumexp(x, *, axis=-1, stream=None):
     r"""Log-sum-exp along ``axis``: :math:`\log \sum_j e^{x_j}`, computed in one pass.
 
@@ -54,9 +49,12 @@ def logsumexp(x, *, axis=-1, stream=None):
     -inf entries contribute nothing (all -inf gives -inf), +inf gives +inf,
     NaN gives NaN.
     """
-    backend, array, _, rows, stream = _scores(x, axis, stream, "x")
-    lse, _ = backend.softmax_stats(rows, False, stream)
-    return _per_row_result(backend, lse, array, rows, stream, x)
+    return _row_statistic(x, "logsumexp", axis, stream, "x")
+
+
+def _row_statistic(values, which, axis, stream, name):
+    backend, array, _, rows, stream = _scores(values, axis, stream, name)
+    return backend.wrap_like(backend.row_statistic(rows, which, result_dtype(array.dtype), stream), values)
 
 
 def _normalized(x, axis, exponentiate, stream):
@@ -88,9 +86,7 @@ def entropy(logits, *, axis=-1, stream=None):
     with :math:`s = \sum_i e^{x_i - c}` and :math:`c` the row maximum, streamed
     in one pass.  Classes with probability 0 (-inf logits) contribute 0.
     """
-    backend, array, _, rows, stream = _scores(logits, axis, stream)
-    _, ent = backend.softmax_stats(rows, True, stream)
-    return _per_row_result(backend, ent, array, rows, stream, logits)
+    return _row_statistic(logits, "entropy", axis, stream, "logits")
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
@@ -134,30 +130,24 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
     code = _checks.input_type_code(input_type)
     smoothing = _checks.check_label_smoothing(label_smoothing)
     ignore_index = _checks.check_ignore_index(ignore_index)
-    class_weight = _checks.class_weight(weight, rows.length)
     dtype = result_dtype(array.dtype)
 
     kind = backend.target_dtype(target)
     if kind.kind in "iu":
         _checks.check_shape("target", _shape_of(target), rows.batch_shape,
                             "class-index targets have the logits' shape without the class axis")
-        loss, denominator = backend.class_index_loss(rows, target, class_weight, ignore_index, smoothing,
-                                                     code, stream)
+        result = backend.cross_entropy_indices(rows, target, weight, ignore_index, smoothing, code, reduction, dtype,
+                                               stream)
     elif kind.kind == "f" or kind.name == "bfloat16":
         probabilities = backend.as_float_array(target, "target")
         _checks.check_shape("target", probabilities.shape, array.shape,
                             "class-probability targets have the logits' shape")
-        loss = backend.soft_target_loss(rows, backend.as_rows(probabilities, axis, stream), class_weight, smoothing,
-                                        code, stream)
-        denominator = rows.n_rows
+        result = backend.cross_entropy_soft(rows, backend.as_rows(probabilities, axis, stream), weight, smoothing,
+                                            code, reduction, dtype, stream)
     else:
         raise TypeError(
             f"target must hold integer class indices or float class probabilities, got dtype {kind}"
         )
-    if reduction == "none":
-        result = backend.finish(loss, dtype, rows.batch_shape, stream)
-    else:
-        result = backend.reduce(loss, reduction, dtype, denominator, stream)
     return backend.wrap_like(result, logits)
 
 

@@ -240,7 +240,8 @@ def test_bfloat16_words_on_one_side_only(rng):
     weight = rng.uniform(0.5, 2.0, 20)
     for logits, probs in ((x, p.astype(ml_dtypes.bfloat16)), (x.astype(ml_dtypes.bfloat16), p)):
         rows = cuda_backend.as_rows(device_floats(logits), 1)
-        got = cuda_backend.soft_target_loss(rows, cuda_backend.as_rows(device_floats(probs), 1), weight, 0.1, 0)
+        got = cuda_backend.cross_entropy_soft(rows, cuda_backend.as_rows(device_floats(probs), 1), weight, 0.1, 0, "none",
+                                               np.float64)
         close(got, nbce.cross_entropy(logits, probs, weight=weight, label_smoothing=0.1, reduction="none"), "float32")
         out, _ = cuda_backend.binary_loss(True, device_floats(logits), device_floats(probs), weight, None, np.float64)
         expected = nbce.binary_cross_entropy_with_logits(logits, probs, weight=weight, reduction="none")

@@ -1,4 +1,5 @@
-"""Every CUDA kernel compiles to PTX for compute capability 8.0 and 9.0, every dtype.
+"""Every CUDA kernel compiles to PTX for compute capability 8.0 and 9.0, every dtype,
+with the instructions it was written for.
 
 Runs ``python -m nbce.cuda.ptx`` in a child process with the real CUDA
 target (the test session itself uses the simulator).  No GPU is needed, only
@@ -15,16 +16,17 @@ import pytest
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda")
 
-KERNELS_PER_DTYPE = {"stats_partials", "finish_metrics", "coefficient_sums", "class_index_loss", "normalize",
-                     "binary", "gather"}
-SHARED_KERNELS = {"finish_stats", "negated_row_sums", "partial_sums", "cast_into", "quotient"}
+ROW_KERNELS = {"row_logsumexp", "row_entropy", "row_shift", "row_cross_entropy", "row_cross_entropy_smoothed",
+               "row_soft_targets", "row_metrics"}
+KERNELS_PER_DTYPE = ROW_KERNELS | {"row_finish", "normalize", "binary", "gather"}
+SHARED_KERNELS = {"partial_sums", "cast_into", "quotient"}
 
 
 @pytest.fixture(scope="module")
 def compiled():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     out = subprocess.run([sys.executable, "-m", "nbce.cuda.ptx"], capture_output=True, text=True, env=env,
-                         timeout=900)
+                         timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
@@ -40,25 +42,28 @@ def test_every_kernel_dtype_and_capability(compiled):
     assert all(r["target"] == "sm_" + r["cc"].replace(".", "") for r in compiled)
 
 
-def test_float32_exponentials_use_the_hardware_ex2(compiled):
+def test_narrow_rows_are_summed_in_float32_with_the_hardware_ex2(compiled):
+    """float32/float16/bfloat16 rows: exponentials by ex2.approx.f32 and float32 adds in the per-element path."""
     for r in compiled:
-        if r["kernel"] in ("stats_partials", "normalize") and r["dtype"] != "float64":
+        if r["kernel"] in ROW_KERNELS and r["dtype"] != "float64":
+            assert r["fp32_exp"] and r["fp32_add"], r
+        if r["kernel"] == "normalize" and r["dtype"] != "float64":
             assert r["ex2_approx"], r
 
 
-def test_reductions_use_shared_memory_and_bad_targets_an_atomic(compiled):
+def test_row_kernels_read_16_bytes_per_load_and_merge_by_warp_shuffles(compiled):
+    """ld.global.v4.f32 / v2.f64 / v4.u32 (eight halves), and shfl.sync for the in-row merges."""
     for r in compiled:
-        if r["kernel"] in ("stats_partials", "coefficient_sums", "binary", "partial_sums"):
-            assert r["shared_memory"], r
-        if r["kernel"] in ("class_index_loss", "binary", "finish_metrics"):
+        if r["kernel"] in ROW_KERNELS:
+            assert r["wide_load"] and r["shuffle"], r
+
+
+def test_bad_targets_raise_a_flag_by_an_atomic(compiled):
+    for r in compiled:
+        if r["kernel"] in ("row_cross_entropy", "row_metrics", "binary"):
             assert r["atomic_min"], r
-
-
-def test_row_reductions_read_16_bytes_per_load(compiled):
-    """ld.global.v4.f32 / v2.f64 / v4.u32 (eight halves) in the two kernels that stream the logits."""
-    for r in compiled:
-        if r["kernel"] in ("stats_partials", "coefficient_sums"):
-            assert r["wide_load"], r
+        if r["kernel"] in ("binary", "partial_sums"):
+            assert r["shared_memory"], r
 
 
 def test_no_kernel_spills_to_local_memory(compiled):

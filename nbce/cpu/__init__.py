@@ -11,7 +11,8 @@ from .. import _checks
 from .._arrays import as_float_array, as_rows
 from . import kernels
 
-__all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "normalize", "class_index_loss",
+__all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "class_weight",
+           "class_index_loss", "cross_entropy_indices", "cross_entropy_soft",
            "soft_target_loss", "row_metrics", "to_host", "host_array", "binary_loss", "finish", "reduce", "wrap_like", "move_class_axis"]
 
 
@@ -138,3 +139,32 @@ def wrap_like(result, like):
 def move_class_axis(out, axis):
     """A class-last result viewed with its class axis back at ``axis``."""
     return np.moveaxis(out, -1, axis)
+
+
+def row_statistic(rows, which, dtype, stream=None):
+    """logsumexp or entropy per row as a ``dtype`` array of the batch shape."""
+    lse, entropy = softmax_stats(rows, which == "entropy")
+    return finish(entropy if which == "entropy" else lse, dtype, rows.batch_shape)
+
+
+def class_weight(weight, n_classes, stream=None):
+    return _checks.class_weight(weight, n_classes)
+
+
+def cross_entropy_indices(rows, target, weight, ignore_index, smoothing, input_type, reduction, dtype, stream=None):
+    """Cross-entropy with class-index targets, reduced as asked ("mean" divides by the targets' weights)."""
+    loss, target_weight = class_index_loss(rows, target, class_weight(weight, rows.length), ignore_index, smoothing,
+                                           input_type)
+    return _reduced(loss, reduction, dtype, target_weight, rows)
+
+
+def cross_entropy_soft(rows, target_rows, weight, smoothing, input_type, reduction, dtype, stream=None):
+    """Cross-entropy with class-probability targets, reduced as asked ("mean" divides by the rows)."""
+    loss = soft_target_loss(rows, target_rows, class_weight(weight, rows.length), smoothing, input_type)
+    return _reduced(loss, reduction, dtype, rows.n_rows, rows)
+
+
+def _reduced(loss, reduction, dtype, denominator, rows):
+    if reduction == "none":
+        return finish(loss, dtype, rows.batch_shape)
+    return reduce(loss, reduction, dtype, denominator)

@@ -15,7 +15,9 @@ import numpy as np
 from .. import _checks
 from .._dispatch import is_cuda_array
 from . import _device as dev
-from .kernels import build
+from . import rows as rows_module
+from ._workspace import NO_BAD_ROW, workspace
+from .kernels import elementwise_kernels, utility_kernels
 
 # Threads per block (a power of two).  Tests lower it so that the simulator
 # runs several blocks and partial ones.
@@ -149,7 +151,7 @@ def _gather_class_last(data, axis, stream):
     memory = dev.strided_view(data, lowest * itemsize, (span,), (itemsize,))
     geometry = dev.to_device(np.array([shape, strides], dtype=np.int64).T.copy(), stream=stream)
     blocks = _grid(math.ceil(out.size / THREADS))
-    build(THREADS, False, False).gather[blocks, THREADS, stream](memory, -lowest, geometry, out.reshape(out.size))
+    launch(utility_kernels(THREADS).gather, blocks, THREADS, stream, memory, -lowest, geometry, out.reshape(out.size))
     return out
 
 
@@ -210,8 +212,13 @@ def _device_vector(values, dtype, stream, device=None, name="target"):
     return dev.to_device(host.reshape(host.size), stream=stream)
 
 
-def _kernels(rows, target_bfloat16=False):
-    return build(THREADS, rows.narrow, rows.bfloat16, target_bfloat16)
+def launch(kernel, blocks, threads, stream, *args):
+    """Every kernel launch of the backend goes through here."""
+    kernel[blocks, threads, stream](*args)
+
+
+def _storage(rows):
+    return "bfloat16" if rows.bfloat16 else np.dtype(rows.data.dtype).name
 
 
 def _launch_shape(n_rows, length):
@@ -236,23 +243,6 @@ def _grid(items):
     return max(1, min(items, 65535))
 
 
-def _row_states(rows, stream, target=None, ignore_index=0):
-    """(kernels, pm, ps, pt, above): each (row, chunk)'s online log-sum-exp state
-    and, with ``target``, its count of entries above the target's logit."""
-    k = _kernels(rows)
-    splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
-    shape = (rows.n_rows, splits)
-    pm, ps, pt = (dev.device_empty(shape, np.float64, stream) for _ in range(3))
-    if target is None:  # no rank wanted: empty operands switch the count off
-        target = dev.device_empty(0, np.int64, stream)
-        shape = (0, 0)
-    above = dev.device_empty(shape, np.float64, stream)
-    if rows.n_rows:
-        k.stats_partials[blocks, THREADS, stream](rows.data, splits, group, pm, ps, pt, target, ignore_index, above,
-                                                  *_alignment(rows.data))
-    return k, pm, ps, pt, above
-
-
 def _alignment(data):
     """(address, row stride) of a 2-D device array modulo the wide-load size, in bytes."""
     return dev.address(data) % dev.VECTOR_BYTES, data.strides[0] % dev.VECTOR_BYTES
@@ -262,101 +252,148 @@ def _per_row(n_rows):
     return max(1, math.ceil(n_rows / THREADS)), THREADS
 
 
-def softmax_stats(rows, with_entropy, stream=0):
-    k, pm, ps, pt, _ = _row_states(rows, stream)
-    lse = dev.device_empty(rows.n_rows, np.float64, stream)
-    entropy = dev.device_empty(rows.n_rows, np.float64, stream)
-    if rows.n_rows:
-        k.finish_stats[_per_row(rows.n_rows) + (stream,)](pm, ps, pt, lse, entropy)
-    return lse, entropy
+_REDUCTIONS = {"none": rows_module.NONE, "sum": rows_module.SUM, "mean": rows_module.MEAN}
+
+
+def _row_job(rows, plan, stream, out, out2=None, out3=None, out4=None, target=None, weight=None, y=None,
+             ignore_index=0, smoothing=0.0):
+    """Run the row kernel of ``plan`` over ``rows`` (and its finishing kernel
+    when rows are split): one launch, two for split rows.  Scratch memory
+    comes from the stream's workspace."""
+    ws = workspace(stream)
+    n_rows = rows.n_rows
+    reduced = plan.reduction != rows_module.NONE
+    if not n_rows and not reduced:
+        return ws
+    row_kernel, finish_kernel = rows_module.row_kernels(plan)
+    splits, group, blocks = _launch_shape(n_rows, rows.length)
+    states = ws.buffer("states", (n_rows * splits, rows_module.STATE_SIZE)) if splits > 1 else ws.unused_rows
+    row_values = ws.buffer("row_values", (2, n_rows)) if reduced else ws.unused_rows
+    target = ws.unused_indices if target is None else target
+    weight = ws.unused if weight is None else weight
+    y = ws.unused_rows if y is None else y
+    out2, out3, out4 = (ws.unused if a is None else a for a in (out2, out3, out4))
+    launch(row_kernel, blocks, THREADS, stream, rows.data, *_alignment(rows.data), splits, group, target, weight, y,
+           ignore_index, smoothing, out, out2, out3, out4, states, row_values, ws.counter, ws.bad)
+    if splits > 1:
+        launch(finish_kernel, _per_row(n_rows)[0], THREADS, stream, rows.data, splits, target, weight, ignore_index,
+               smoothing, out, out2, out3, out4, states, row_values, ws.counter, ws.bad)
+    return ws
+
+
+def _plan(rows, job, **options):
+    return rows_module.plan(THREADS, _storage(rows), job, **options)
+
+
+def _shaped(out, shape):
+    return out.reshape(*shape) if shape else out.reshape(())
+
+
+def row_statistic(rows, which, dtype, stream=0):
+    """logsumexp or entropy per row, as a ``dtype`` device array of the batch shape (one launch)."""
+    job = rows_module.LSE if which == "logsumexp" else rows_module.ENTROPY
+    out = dev.device_empty(rows.n_rows, dtype, stream)
+    _row_job(rows, _plan(rows, job), stream, out)
+    return _shaped(out, rows.batch_shape)
 
 
 def normalize(rows, exponentiate, dtype, stream=0):
-    lse, _ = softmax_stats(rows, False, stream)
+    """log_softmax (or softmax) rows: the row kernel's (m, log s), then one element-wise pass."""
+    ws = workspace(stream)
+    shift = ws.buffer("shift", (rows.n_rows,))
+    log_sum = ws.buffer("log_sum", (rows.n_rows,))
+    _row_job(rows, _plan(rows, rows_module.SHIFT), stream, shift, log_sum)
     out = dev.device_empty((rows.n_rows, rows.length), dtype, stream)
     if rows.n_rows:
         blocks = _grid(math.ceil(out.size / THREADS))
-        _kernels(rows).normalize[blocks, THREADS, stream](rows.data, lse, exponentiate, out)
+        kernels = elementwise_kernels(THREADS, rows.narrow, rows.bfloat16)
+        launch(kernels.normalize, blocks, THREADS, stream, rows.data, shift, log_sum, exponentiate, out)
     return out
 
 
-def _coefficient_sums(rows, soft_rows, weight, smoothing, input_type, lse, stream, target_bfloat16=False):
-    k = _kernels(rows, target_bfloat16)
-    splits, group, blocks = _launch_shape(rows.n_rows, rows.length)
-    sums = dev.device_empty((rows.n_rows, splits), np.float64, stream)
-    if rows.n_rows:
-        k.coefficient_sums[blocks, THREADS, stream](
-            rows.data, soft_rows, weight, smoothing, input_type, lse, splits, group, sums, *_alignment(rows.data))
-    return sums
+def class_weight(weight, n_classes, stream=0):
+    """Class weights as a float64 device vector, or None for all ones.
+
+    Device weights (any supported library) are checked like host ones; being
+    small, they make one round trip through the host."""
+    if weight is None:
+        return None
+    if is_cuda_array(weight):
+        weight = host_array(weight)
+    return dev.to_device(_checks.class_weight(weight, n_classes), stream=stream)
 
 
-def _no_columns(rows, stream):
-    return dev.device_empty((rows.n_rows, 0), np.float64, stream)
+def _result(n_rows, reduction, dtype, stream):
+    return dev.device_empty(n_rows if reduction == "none" else 1, dtype, stream)
 
 
-def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=0):
-    """(loss, target weight) per row; raises the CPU's ValueError for a bad class index."""
+def _finished(out, rows, reduction):
+    return _shaped(out, rows.batch_shape if reduction == "none" else ())
+
+
+def cross_entropy_indices(rows, target, weight, ignore_index, smoothing, input_type, reduction, dtype, stream=0):
+    """Cross-entropy with class-index targets, reduced as asked: one read of
+    each row, one launch (two for split rows).  Host targets are checked on
+    the host; device targets in the kernel, and reading that flag is the one
+    wait on the GPU."""
+    on_device = is_cuda_array(target)
+    if not on_device:
+        target = _checks.class_indices(target, rows.length, ignore_index)
     target = _device_vector(target, np.int64, stream, rows.device, "target")
-    weight = _device_vector(weight, np.float64, stream, rows.device, "weight")
-    lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
-    sums = _coefficient_sums(rows, _no_columns(rows, stream), weight, smoothing, input_type, lse, stream)
-    loss = dev.device_empty(rows.n_rows, np.float64, stream)
-    target_weight = dev.device_empty(rows.n_rows, np.float64, stream)
-    bad = dev.to_device(np.array([np.iinfo(np.int64).max], dtype=np.int64), stream=stream)
-    if rows.n_rows:
-        _kernels(rows).class_index_loss[_per_row(rows.n_rows) + (stream,)](
-            rows.data, target, weight, ignore_index, smoothing, input_type, lse, sums, loss, target_weight, bad)
-    # Reading the flag waits for the kernels: the price of a precise error.
-    first_bad = int(bad.copy_to_host(stream=stream)[0])
-    if first_bad != np.iinfo(np.int64).max:
-        value = int(target[first_bad : first_bad + 1].copy_to_host(stream=stream)[0])
-        _checks.raise_bad_target(np.unravel_index(first_bad, rows.batch_shape), value, rows.length, ignore_index)
-    return loss, target_weight
+    weights = class_weight(weight, rows.length, stream)
+    plan = _plan(rows, rows_module.CLASS_LOSS, reduction=_REDUCTIONS[reduction], weighted=weights is not None,
+                 smoothing=smoothing > 0, input_type=input_type,
+                 unsigned_target=np.dtype(target.dtype).kind == "u")
+    out = _result(rows.n_rows, reduction, dtype, stream)
+    ws = _row_job(rows, plan, stream, out, target=target, weight=weights, ignore_index=ignore_index,
+                  smoothing=smoothing)
+    if on_device:
+        _raise_bad_device_target(ws, target, rows, ignore_index, (), stream)
+    return _finished(out, rows, reduction)
 
 
-def _zeros(n, stream):
-    return dev.to_device(np.zeros(n, dtype=np.float64), stream=stream)
-
-
-def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=0):
+def cross_entropy_soft(rows, target_rows, weight, smoothing, input_type, reduction, dtype, stream=0):
+    """Cross-entropy with class-probability targets, reduced as asked (one read of each row)."""
     check_same_device(target_rows.device, rows.device, "target")
-    weight = _device_vector(weight, np.float64, stream, rows.device, "weight")
-    lse = softmax_stats(rows, False, stream)[0] if input_type == 0 else _zeros(rows.n_rows, stream)
-    sums = _coefficient_sums(rows, target_rows.data, weight, smoothing, input_type, lse, stream, target_rows.bfloat16)
-    loss = dev.device_empty(rows.n_rows, np.float64, stream)
-    if rows.n_rows:
-        _kernels(rows).negated_row_sums[_per_row(rows.n_rows) + (stream,)](sums, loss)
-    return loss
+    weights = class_weight(weight, rows.length, stream)
+    plan = _plan(rows, rows_module.SOFT_LOSS, reduction=_REDUCTIONS[reduction], weighted=weights is not None,
+                 smoothing=smoothing > 0, input_type=input_type,
+                 target_storage="bfloat16" if target_rows.bfloat16 else None)
+    out = _result(rows.n_rows, reduction, dtype, stream)
+    _row_job(rows, plan, stream, out, weight=weights, y=target_rows.data, smoothing=smoothing)
+    return _finished(out, rows, reduction)
 
 
-_NO_BAD_ROW = np.iinfo(np.int64).max
+def _raise_bad_device_target(ws, target, rows, ignore_index, origin, stream):
+    first_bad = int(ws.bad.copy_to_host(stream=stream)[0])
+    if first_bad == NO_BAD_ROW:
+        return
+    ws.rearm_bad()
+    value = target[first_bad : first_bad + 1].copy_to_host(stream=stream)[0]
+    position = _checks.shift_position(np.unravel_index(first_bad, rows.batch_shape), origin)
+    _checks.raise_bad_target(position, value, rows.length, ignore_index)
 
 
 def row_metrics(rows, target, ignore_index, origin=(), stream=0):
     """(loss, rank, entropy, confidence) device arrays per row, from one read of
-    each row (``kernels.stats_partials`` counting the entries above the
-    target's logit, then ``finish_metrics``).
+    each row (the row kernel counting the entries above the target's logit).
 
     Host targets are checked on the host (no synchronisation); device targets
-    are checked in the kernel, and reading that flag waits for it.
+    are checked in the kernel, and reading that flag waits for it.  The
+    arrays are the stream's scratch: copy them before the next call on it.
     """
     on_device = is_cuda_array(target)
     if not on_device:
         target = _checks.class_indices(target, rows.length, ignore_index, origin)
     target = _device_vector(target, np.int64, stream, rows.device, "target")
-    k, pm, ps, pt, above = _row_states(rows, stream, target, ignore_index)
-    loss, entropy, confidence = (dev.device_empty(rows.n_rows, np.float64, stream) for _ in range(3))
-    rank = dev.device_empty(rows.n_rows, np.int64, stream)
-    bad = dev.to_device(np.array([_NO_BAD_ROW], dtype=np.int64), stream=stream)
-    if rows.n_rows:
-        k.finish_metrics[_per_row(rows.n_rows) + (stream,)](pm, ps, pt, above, rows.data, target, ignore_index,
-                                                            loss, rank, entropy, confidence, bad)
+    ws = workspace(stream)
+    n = rows.n_rows
+    loss, entropy, confidence = (ws.buffer(name, (n,)) for name in ("loss", "entropy", "confidence"))
+    rank = ws.buffer("rank", (n,), np.int64)
+    plan = _plan(rows, rows_module.METRICS, unsigned_target=np.dtype(target.dtype).kind == "u")
+    _row_job(rows, plan, stream, loss, rank, entropy, confidence, target=target, ignore_index=ignore_index)
     if on_device:
-        first_bad = int(bad.copy_to_host(stream=stream)[0])
-        if first_bad != _NO_BAD_ROW:
-            value = int(target[first_bad : first_bad + 1].copy_to_host(stream=stream)[0])
-            position = _checks.shift_position(np.unravel_index(first_bad, rows.batch_shape), origin)
-            _checks.raise_bad_target(position, value, rows.length, ignore_index)
+        _raise_bad_device_target(ws, target, rows, ignore_index, origin, stream)
     return loss, rank, entropy, confidence
 
 
@@ -376,12 +413,12 @@ def host_array(values):
 
 def total(values, stream=0):
     """Deterministic float64 sum of a device vector, as a 1-element device array."""
-    k = build(THREADS, False, False)
+    partial_sums = utility_kernels(THREADS).partial_sums
     blocks = max(1, min(1024, math.ceil(values.size / THREADS)))
     partials = dev.device_empty(blocks, np.float64, stream)
-    k.partial_sums[blocks, THREADS, stream](values, partials)
+    launch(partial_sums, blocks, THREADS, stream, values, partials)
     out = dev.device_empty(1, np.float64, stream)
-    k.partial_sums[1, THREADS, stream](partials, out)
+    launch(partial_sums, 1, THREADS, stream, partials, out)
     return out
 
 
@@ -436,8 +473,8 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
     row_sums = dev.device_empty(n_rows, np.float64, stream)
     bad = dev.to_device(np.array([np.iinfo(np.int64).max], dtype=np.int64), stream=stream)
     if n_rows:
-        kernels = build(THREADS, x.dtype != np.float64, x.bfloat16, y.bfloat16)
-        kernels.binary[_grid(n_rows), THREADS, stream](from_logits, x2, y2, w2, pw2, store, out, row_sums, bad)
+        kernels = elementwise_kernels(THREADS, x.dtype != np.float64, x.bfloat16, y.bfloat16)
+        launch(kernels.binary, _grid(n_rows), THREADS, stream, from_logits, x2, y2, w2, pw2, store, out, row_sums, bad)
     first_bad = int(bad.copy_to_host(stream=stream)[0])
     if first_bad != np.iinfo(np.int64).max:
         row = x2[first_bad].copy_to_host(stream=stream).astype(np.float64)
@@ -454,7 +491,7 @@ def finish(values, dtype, shape, stream=0):
         return flat.reshape(*shape) if shape else flat.reshape(())
     out = dev.device_empty(flat.size, dtype, stream)
     if flat.size:
-        build(THREADS, False, False).cast_into[_per_row(flat.size) + (stream,)](flat, out)
+        launch(utility_kernels(THREADS).cast_into, *_per_row(flat.size), stream, flat, out)
     return out.reshape(*shape) if shape else out.reshape(())
 
 
@@ -468,7 +505,7 @@ def reduce(values, reduction, dtype, denominator, stream=0):
         else:
             count = total(denominator, stream)
         quotient = dev.device_empty(1, np.float64, stream)
-        build(THREADS, False, False).quotient[1, 1, stream](result, count, quotient)
+        launch(utility_kernels(THREADS).quotient, 1, 1, stream, result, count, quotient)
         result = quotient
     return finish(result, dtype, (), stream)
 

@@ -5,6 +5,8 @@ kernel decorator, the simulator switch, device-array recognition and
 conversion, streams.
 """
 
+import math
+
 import numpy as np
 from numba import config, cuda
 
@@ -15,6 +17,10 @@ compile_ptx = None if SIMULATOR else cuda.compile_ptx
 # through this module object: the simulator swaps a module bound to the
 # global name ``cuda`` while it runs a kernel.
 __all__ = ["cuda", "jit", "compile_ptx", "SIMULATOR"]
+
+# Lanes per warp, and the mask of all of them for the warp shuffles.
+WARP = 32
+FULL_MASK = 0xFFFFFFFF
 
 
 def available():
@@ -105,6 +111,18 @@ def external_stream(handle):
     return cuda.external_stream(handle)
 
 
+def stream_key(stream):
+    """An integer naming ``stream`` (0 for the default stream), stable across wrappers of one handle."""
+    if SIMULATOR or not stream:
+        return 0
+    handle = stream.handle
+    return int(getattr(handle, "value", handle) or 0)
+
+
+def current_device_id():
+    return 0 if SIMULATOR else cuda.get_current_device().id
+
+
 # Bytes per wide load: a warp moves 512 bytes per load instruction instead of
 # the 128 of float32 scalars, so each thread keeps more bytes in flight.
 VECTOR_BYTES = 16
@@ -125,6 +143,29 @@ if SIMULATOR:
 
     def multiprocessor_count():
         return 1
+
+    @cuda.jit(device=True)
+    def exp2f(v):
+        """Simulator fallback of the hardware 2**v (float32)."""
+        if v < -200.0:  # 2**v underflows; math.pow would too, but say it without a warning
+            return np.float32(0.0)
+        if v != v or v > 200.0:
+            return np.float32(v if v != v else math.inf)
+        return np.float32(2.0 ** float(v))
+
+    @cuda.jit(device=True)
+    def shuffle_down(value, delta, scratch):
+        """Simulator fallback of a warp's shfl.down: lane i gets lane i + delta's
+        ``value`` (its own when that lane lies past the warp), exchanged through
+        ``scratch`` (one shared entry per thread).  Called by every thread."""
+        tid = cuda.threadIdx.x
+        cuda.syncthreads()
+        scratch[tid] = value
+        cuda.syncthreads()
+        lane = tid % WARP
+        other = scratch[tid + delta] if lane + delta < WARP and tid + delta < scratch.shape[0] else value
+        cuda.syncthreads()
+        return other
 else:
     from llvmlite import ir as _ir
     from numba import int32 as _int32
@@ -173,3 +214,14 @@ else:
 
     def multiprocessor_count():
         return cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+    @cuda.jit(device=True)
+    def exp2f(v):
+        """2**v in float32 by the hardware's ex2.approx (relative error below 2**-22)."""
+        return _libdevice.exp2f(v)
+
+    @cuda.jit(device=True)
+    def shuffle_down(value, delta, scratch):
+        """Lane i of a warp gets lane i + delta's ``value`` (its own past the warp's
+        end), register to register; ``scratch`` is the simulator's stand-in."""
+        return cuda.shfl_down_sync(FULL_MASK, value, delta)

@@ -1,0 +1,58 @@
+"""Device scratch memory kept between calls, one workspace per (GPU, stream).
+
+A call asks for what it needs (chunk states of split rows, per-row values
+of a batch reduction, the last-block counter, the bad-target flag) and gets
+views of buffers that only grow: after the first call of a shape nothing is
+allocated but the returned result.  Kernels on one stream run in order, so
+the next call's kernels cannot overwrite what an earlier one still reads.
+"""
+
+import threading
+
+import numpy as np
+
+from . import _device as dev
+
+# The bad-target flag's resting value: no bad row.
+NO_BAD_ROW = np.iinfo(np.int64).max
+
+
+class Workspace:
+    def __init__(self, stream):
+        self._stream = stream
+        self._buffers = {}
+        # Rearmed by the kernels themselves: the last block resets the counter,
+        # the host resets the flag after reporting a bad target.
+        self.counter = dev.to_device(np.zeros(1, dtype=np.int32), stream=stream)
+        self.bad = dev.to_device(np.array([NO_BAD_ROW], dtype=np.int64), stream=stream)
+        self.unused = dev.device_empty(1, np.float64, stream)
+        self.unused_rows = dev.device_empty((1, 1), np.float64, stream)
+        self.unused_indices = dev.device_empty(1, np.int64, stream)
+
+    def buffer(self, name, shape, dtype=np.float64):
+        """A C-contiguous ``shape`` view of the growing buffer ``name``."""
+        size = int(np.prod(shape))
+        current = self._buffers.get(name)
+        if current is None or current.size < size:
+            current = dev.device_empty(max(size, 1), dtype, self._stream)
+            self._buffers[name] = current
+        return current[:size].reshape(*shape)
+
+    def rearm_bad(self):
+        self.bad.copy_to_device(np.array([NO_BAD_ROW], dtype=np.int64), stream=self._stream)
+
+
+_workspaces = {}
+_lock = threading.Lock()
+
+
+def workspace(stream):
+    """The workspace of the current GPU and ``stream``."""
+    key = (dev.current_device_id(), dev.stream_key(stream))
+    found = _workspaces.get(key)
+    if found is None:
+        with _lock:
+            found = _workspaces.get(key)
+            if found is None:
+                found = _workspaces[key] = Workspace(stream)
+    return found
