@@ -210,15 +210,18 @@ def test_kernels_never_index_outside_a_row():
         loss, entropy, confidence, rank = np.empty(5), np.empty(5), np.empty(5), np.empty(5, np.int64)
         kernels.metric_rows(rows.base, rows.geom, 6, t, -100, loss, rank, entropy, confidence)
         print(json.dumps([loss.tolist(), rank.tolist(), confidence.tolist()]))
+        kernels.class_index_rows(rows.base, rows.geom, 6, t[:1], np.ones(3), -100, 0.1, 0, loss[:1], w[:1])
+        print(json.dumps(loss[:1].tolist()))
     """)
     nan, log6 = np.nan, np.log(6)
-    *class_index, metrics = [json.loads(line) for line in out.splitlines()]
+    *class_index, metrics, short_weight = [json.loads(line) for line in out.splitlines()]
     for loss, weight in class_index:
         np.testing.assert_allclose(loss, [log6, nan, nan, nan, nan], rtol=1e-14)
         np.testing.assert_array_equal(weight, [1.0, nan, nan, nan, nan])
     np.testing.assert_allclose(metrics[0], [log6, nan, nan, nan, nan], rtol=1e-14)
     np.testing.assert_array_equal(metrics[1], [0] + [UNDEFINED_ROW] * 4)
     np.testing.assert_allclose(metrics[2], [1 / 6, nan, nan, nan, nan], rtol=1e-14)
+    assert np.isnan(short_weight[0])  # a weight vector shorter than the row is not read past its end
 
 
 def test_bfloat16_class_weights_are_accepted(rng):

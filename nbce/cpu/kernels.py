@@ -105,17 +105,19 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
 
     ``weight_out[r] = w[t_r]`` (the mean's denominator); ignored rows are not
     read and give 0 in both; a target outside [0, C) that reached the kernel
-    gives NaN in both and is not read.
+    gives NaN in both and is not read (every row does, should ``weight`` be
+    shorter than a row).
     """
     keep = 1.0 - smoothing
     spread = smoothing / n_classes
+    readable = n_classes if weight.size >= n_classes else 0
     for r in prange(loss_out.size):
         t = target[r]
         if t == ignore_index:
             loss_out[r] = 0.0
             weight_out[r] = 0.0
             continue
-        if not _is_class(t, n_classes):
+        if not _is_class(t, readable):
             loss_out[r] = np.nan
             weight_out[r] = np.nan
             continue
