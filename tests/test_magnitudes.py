@@ -145,3 +145,24 @@ def test_equal_rows_give_log_c_for_every_huge_magnitude():
         np.testing.assert_allclose(nbce.softmax(x), 1 / 3, rtol=1e-15)
     x = np.full((1, 3), 3.4e38, np.float32)
     assert nbce.cross_entropy(x, np.array([1])) == pytest.approx(math.log(3), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype,magnitude", [("float64", 1e20), ("float64", -1e300), ("float32", 3.4e38),
+                                             ("float32", -1e16)])
+def test_long_rows_of_equal_huge_logits(dtype, magnitude):
+    # Several 2048-element blocks, so the vector loops and the block merge
+    # run: every log-probability is -log C, whichever function forms it.
+    n = 2 * 2048 + 7
+    x = np.full((3, n), magnitude, dtype)
+    log_c = math.log(n)
+    rtol = 1e-13 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(nbce.log_softmax(x), -log_c, rtol=rtol)
+    np.testing.assert_allclose(nbce.softmax(x), 1 / n, rtol=rtol)
+    np.testing.assert_allclose(nbce.entropy(x), log_c, rtol=rtol)
+    t = np.array([0, n // 2, n - 1])
+    np.testing.assert_allclose(nbce.cross_entropy(x, t, reduction="none"), log_c, rtol=rtol)
+    np.testing.assert_allclose(nbce.cross_entropy(x, t, reduction="none", label_smoothing=0.3,
+                                                  weight=np.full(n, 2.0)), 2 * log_c, rtol=rtol)
+    y = np.full((3, n), 1 / n)
+    np.testing.assert_allclose(nbce.cross_entropy(x, y, reduction="none", label_smoothing=0.1), log_c, rtol=rtol)
+    np.testing.assert_allclose(nbce.evaluate(x, t).loss, log_c, rtol=rtol)
