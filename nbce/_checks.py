@@ -1,9 +1,13 @@
 """Argument checks shared by every backend: one place, one wording."""
 
+from numbers import Real
+
 import numpy as np
 
 REDUCTIONS = ("none", "mean", "sum")
 INPUT_TYPES = ("logits", "log_probs", "probs")
+# Class indices travel to the kernels as int64, so ignore_index must be one.
+_INT64 = np.iinfo(np.int64)
 
 
 def check_reduction(reduction):
@@ -19,19 +23,24 @@ def input_type_code(input_type):
 
 
 def check_label_smoothing(label_smoothing):
-    try:
-        value = float(label_smoothing)
-    except (TypeError, ValueError):
-        raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}") from None
+    """A real number in [0, 1], as a float.  Strings and booleans are refused
+    (``float("0.1")`` would parse; PyTorch refuses them too)."""
+    if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, Real):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+    value = float(label_smoothing)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     return value
 
 
 def check_ignore_index(ignore_index):
+    """An integer that fits int64, as a Python int (so the kernels always see int64)."""
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    return int(ignore_index)
+    value = int(ignore_index)
+    if not _INT64.min <= value <= _INT64.max:
+        raise ValueError(f"ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {value}")
+    return value
 
 
 def check_shape(name, shape, expected, what):
@@ -44,15 +53,28 @@ def class_weight(weight, n_classes):
     if weight is None:
         return np.ones(n_classes, dtype=np.float64)
     array = np.asarray(weight)
-    if array.dtype.kind not in "fiu":
+    if array.dtype.kind not in "fiu" and array.dtype.name != "bfloat16":
         raise TypeError(f"weight must be a real array, got dtype {array.dtype}")
     check_shape("weight", array.shape, (n_classes,), "one weight per class")
     return array.astype(np.float64)
 
 
 def out_of_range_targets(target, n_classes, ignore_index):
-    """Boolean mask of class indices outside [0, n_classes) that are not ``ignore_index``."""
-    return (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    """Boolean mask of class indices outside [0, n_classes) that are not ``ignore_index``.
+
+    Values are compared exactly, whatever the integer dtype: unsigned targets
+    as uint64 (a uint64 beyond int64 equals no ``ignore_index``, which fits
+    int64, and is out of range), signed ones as int64.  Mixing uint64 with a
+    negative int64 would otherwise round both to float64 or wrap.
+    """
+    target = np.asarray(target)
+    ignore_index = check_ignore_index(ignore_index)
+    if target.dtype.kind == "u":
+        wide = target.astype(np.uint64, copy=False)
+        outside = wide >= np.uint64(n_classes)
+        return outside & (wide != np.uint64(ignore_index)) if ignore_index >= 0 else outside
+    wide = target.astype(np.int64, copy=False)
+    return (wide != np.int64(ignore_index)) & ((wide < 0) | (wide >= n_classes))
 
 
 def _index(position):
@@ -78,9 +100,19 @@ def raise_bad_probability(position, value):
     )
 
 
+def raise_bad_binary_target(position, value):
+    raise ValueError(
+        f"target{_index(position)} = {float(value)} is not a probability: binary_cross_entropy expects "
+        "targets in [0, 1], as PyTorch does"
+    )
+
+
 def class_indices(target, n_classes, ignore_index, origin=()):
     """Host class indices as a flat int64 array; a value outside [0, C) that is
-    not ``ignore_index`` raises ``ValueError`` naming its position.
+    not ``ignore_index`` raises ``ValueError`` naming its position and its
+    value (a uint64 beyond int64 reported as itself, not wrapped).  Every
+    value left is in [0, C) or equals ``ignore_index`` (an int64), so the
+    conversion to int64 is exact.
 
     ``origin`` (the index of ``target[0, 0, ...]`` in a larger array, leading
     axes first) shifts the reported position, for chunks.

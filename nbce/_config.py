@@ -6,8 +6,9 @@
 # out deliberately: -inf is a valid (masked) logit and NaN must propagate.
 FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
-# Element-wise maths (the polynomial exp) is exact-rounding-sensitive: only
-# contraction into FMAs is allowed there, never reassociation.
+# Element-wise maths (the polynomial exp, log p = (x - c) - log s) is
+# exact-rounding-sensitive: only contraction into FMAs is allowed there, never
+# reassociation (which may regroup (x - c) - log s as x - (c + log s)).
 ELEMENTWISE_FASTMATH = frozenset({"contract"})
 
 # Elements per block of the blocked online log-sum-exp.  A block is read once
@@ -17,3 +18,9 @@ BLOCK = 2048
 
 JIT_OPTIONS = dict(nogil=True, cache=True, fastmath=set(FASTMATH), error_model="numpy")
 PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
+# For the functions that form log p = (x - c) - log s and the kernels that
+# use it.  Flags belong to instructions, so a caller's "nsz" and "reassoc"
+# alone suffice to turn -((x - c) - log s) into (c + log s) - x; the streaming
+# sums these kernels call keep their own flags (and their vector code).
+ELEMENTWISE_JIT_OPTIONS = dict(JIT_OPTIONS, fastmath=set(ELEMENTWISE_FASTMATH))
+ELEMENTWISE_PARALLEL_JIT_OPTIONS = dict(ELEMENTWISE_JIT_OPTIONS, parallel=True)

@@ -3,7 +3,8 @@
 Targets follow a Zipf law over the vocabulary (as tokens do); logits are a
 log-frequency prior plus noise, with the target raised by a random margin so
 that the model is right often but not always; every 50th row is padding
-(target -100).  Logits are stored as float16, as models' saved outputs often
+(target -100), starting with row 49 so that even a one-row set has a row to
+score.  Logits are stored as float16, as models' saved outputs often
 are.
 """
 
@@ -16,7 +17,7 @@ def write_dataset(folder, rows, classes, seed=0, block_rows=512):
     """Write ``logits.npy`` (rows x classes, float16) and ``targets.npy`` (int64) into ``folder``."""
     rng = np.random.default_rng(seed)
     targets = np.minimum(rng.zipf(1.3, rows) - 1, classes - 1).astype(np.int64)
-    targets[::50] = PADDING
+    targets[49::50] = PADDING
     prior = (-1.1 * np.log1p(np.arange(classes))).astype(np.float32)
     logits = np.lib.format.open_memmap(folder / "logits.npy", mode="w+", dtype=np.float16, shape=(rows, classes))
     for start in range(0, rows, block_rows):

@@ -67,6 +67,10 @@ def _normalized(x, axis, exponentiate, stream):
 def log_softmax(x, *, axis=-1, stream=None):
     r"""Log-softmax along ``axis``: :math:`x_i - \log \sum_j e^{x_j}`.
 
+    Formed as :math:`(x_i - m) - \log \sum_j e^{x_j - m}` with :math:`m` the
+    row maximum, so no magnitude loses the log-sum (forming
+    :math:`x_i - \operatorname{logsumexp}(x)` would, once :math:`|m| \gtrsim 10^{12}`).
+    A row holding +inf, or only -inf, gives NaN, as in PyTorch.
     Evaluated in float64 and rounded to the result dtype.  Same shape as
     ``x``; for a class axis other than the last the result is a view with the
     class axis moved back into place.
@@ -94,8 +98,10 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
     r"""Cross-entropy between class scores and targets, with PyTorch's semantics.
 
     With :math:`\log p_c` the log-probabilities of a row (``input_type``:
-    ``"logits"`` gives :math:`x_c - \operatorname{logsumexp}(x)`, ``"log_probs"``
-    gives :math:`x_c`, ``"probs"`` gives :math:`\max(\log x_c, -100)`), weights
+    ``"logits"`` gives :math:`(x_c - m) - \log \sum_j e^{x_j - m}` with :math:`m`
+    the row maximum, i.e. :math:`x_c - \operatorname{logsumexp}(x)` without
+    its cancellation, NaN throughout a row holding +inf as in PyTorch;
+    ``"log_probs"`` gives :math:`x_c`, ``"probs"`` gives :math:`\max(\log x_c, -100)`), weights
     :math:`w` (ones by default), :math:`C` classes and smoothing :math:`\varepsilon`:
 
     * class-index targets :math:`t` (any integer dtype, the logits' shape
@@ -115,10 +121,11 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
     logits : array_like, float64/float32/float16/bfloat16, ndim >= 1
     target : array_like of integers or floats
     axis : int, the class axis (PyTorch's layout is ``axis=1``)
-    weight : array_like of shape (C,), optional
-    ignore_index : int, class-index targets only
+    weight : array_like of shape (C,), optional (any real dtype, bfloat16 included)
+    ignore_index : int that fits int64, class-index targets only (compared
+        exactly with targets of any integer dtype, uint64 included)
     reduction : "none" | "mean" | "sum"
-    label_smoothing : float in [0, 1]
+    label_smoothing : real number in [0, 1] (a string is a ``TypeError``)
     input_type : "logits" | "log_probs" | "probs"
 
     Raises ``ValueError`` for out-of-range class indices (naming the position),
@@ -179,8 +186,10 @@ def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", stream
 
     :math:`\ell = -w\,[\,y \max(\log p, -100) + (1-y)\max(\log(1-p), -100)\,]`,
     element-wise; ``target`` (soft labels in [0, 1]) has ``probs``' shape and
-    ``weight`` broadcasts to it.  ``"mean"`` averages over all elements.
-    Probabilities outside [0, 1] raise ``ValueError``; NaN propagates.
+    ``weight`` broadcasts to it by NumPy's rules.  ``"mean"`` averages over all
+    elements.  Probabilities or targets outside [0, 1] raise ``ValueError``
+    naming the first (probabilities checked first), as PyTorch refuses them;
+    NaN propagates (PyTorch raises).
     """
     return _binary(probs, target, weight, None, reduction, False, stream)
 
@@ -191,8 +200,9 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
 
     :math:`\ell = w\,[\,(1-y)\,x + (1 + (p_w - 1)\,y)\,(\log(1 + e^{-|x|}) + \max(-x, 0))\,]`,
     i.e. :math:`-w\,[\,p_w\, y \log\sigma(x) + (1-y)\log(1-\sigma(x))\,]` without
-    overflow for any finite :math:`x`.  ``pos_weight`` broadcasts over the last
-    axis (one weight per class in multi-label problems), ``weight`` to the
-    input's shape.
+    overflow for any finite :math:`x`.  ``weight`` and ``pos_weight`` broadcast
+    to the input's shape by NumPy's rules: on the CPU a scalar, one value per
+    last-axis entry (``pos_weight``'s usual (C,), one per class in
+    multi-label problems), one per row (R, 1), or the full shape.
     """
     return _binary(logits, target, weight, pos_weight, reduction, True, stream)

@@ -1,8 +1,11 @@
 """Float64 NumPy references: the straightforward formulas, full-size temporaries allowed.
 
 These are the oracle of the test suite (and of the benchmarks' result checks);
-they share no code with nbce.
+they share no code with nbce.  ``exact_log_softmax`` is the decimal oracle of
+the references themselves at extreme magnitudes.
 """
+
+from decimal import Decimal, localcontext
 
 import numpy as np
 
@@ -20,8 +23,27 @@ def logsumexp(x, axis=-1):
 
 
 def log_softmax(x, axis=-1):
-    with np.errstate(invalid="ignore"):
-        return f64(x) - np.expand_dims(logsumexp(x, axis), axis)
+    """(x - m) - log s with m the row maximum and s = sum exp(x - m), never
+    x - logsumexp(x) (which loses log s once |m| >> 1).  s = k + r with k the
+    count of maxima, so log s = log k + log1p(r / k) keeps r ~ 1e-30.  A row
+    holding +inf, or only -inf, is NaN throughout (as in PyTorch)."""
+    x = f64(x)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        d = x - np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+        k = np.sum(d == 0, axis=axis, keepdims=True)
+        r = np.sum(np.where(d == 0, 0.0, np.exp(d)), axis=axis, keepdims=True)
+        return d - (np.log(k) + np.log1p(r / k))
+
+
+def exact_log_softmax(row, digits=60):
+    """log_softmax of one row of finite or -inf values in ``digits``-digit
+    decimal arithmetic from the exact values of the floats, rounded once."""
+    with localcontext() as ctx:
+        ctx.prec = digits
+        x = [Decimal(float(v)) for v in np.asarray(row, dtype=np.float64)]
+        m = max(x)
+        log_s = sum((v - m).exp() for v in x).ln()
+        return np.array([float((v - m) - log_s) for v in x])
 
 
 def softmax(x, axis=-1):
@@ -54,15 +76,16 @@ def cross_entropy(x, target, axis=-1, weight=None, ignore_index=-100, reduction=
     w = np.ones(n_classes) if weight is None else f64(weight)
     eps = label_smoothing
     target = np.asarray(target)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         if target.dtype.kind in "iu":
             t = target.astype(np.int64)
             ignored = t == ignore_index
             safe = np.where(ignored, 0, t)
             lp_t = np.take_along_axis(lp, safe[..., None], axis=-1)[..., 0]
             w_t = np.where(ignored, 0.0, w[safe])
-            smooth = np.sum(np.where(w != 0, w * lp, 0.0), axis=-1)
-            loss = -(1 - eps) * w_t * lp_t - eps / n_classes * smooth
+            loss = -(1 - eps) * w_t * lp_t
+            if eps:  # (without smoothing, a -inf logit must not give 0 * -inf)
+                loss = loss - eps / n_classes * np.sum(np.where(w != 0, w * lp, 0.0), axis=-1)
             loss = np.where(ignored, 0.0, loss)
             denominator = w_t.sum()
         else:

@@ -1,6 +1,7 @@
 """The ``nbce`` command line: score, demo, bench, and its handling of bad input."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -157,6 +158,19 @@ def test_demo_builds_scores_and_checks(capsys):
     code, out, err = run(capsys, "demo", "--rows", "300", "--classes", "500", "--device", "cpu")
     assert code == 0, err
     assert "check: nbce agrees with a float64 NumPy reference" in out and "top-5 accuracy" in out
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_demo_of_one_or_two_rows_checks(capsys, rows):
+    # A one-row set once held only padding: NaN against NaN reported "check failed".
+    code, out, err = run(capsys, "demo", "--rows", rows, "--classes", "50", "--device", "cpu")
+    assert code == 0, err
+    assert "check: nbce agrees with a float64 NumPy reference" in out
+
+
+def test_sample_check_treats_nan_on_both_sides_as_agreement():
+    assert cli._difference(float("nan"), float("nan")) == 0.0
+    assert math.isnan(cli._difference(float("nan"), 1.0)) and cli._difference(1.0, 0.25) == 0.75
 
 
 def test_bench_prints_a_table(capsys):

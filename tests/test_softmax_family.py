@@ -145,3 +145,22 @@ def test_bfloat16_input_is_not_copied_to_float32(rng):
     assert nbce.logsumexp(x).dtype == np.float32
     assert_close(nbce.logsumexp(x), ref.logsumexp(x), "bfloat16")
     assert np_dtype("bfloat16").itemsize == 2
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_rows_holding_positive_infinity_are_nan_as_in_pytorch(dtype):
+    # +inf at a class that is not the target once gave an infinite loss and
+    # log_softmax [-inf, nan, -inf]; PyTorch gives NaN for the whole row.
+    x = np.array([[0.0, np.inf, 1.0], [np.inf, np.inf, 0.0], [-np.inf, -np.inf, -np.inf], [0.0, 1.0, -np.inf]])
+    x = x.astype(np_dtype(dtype))
+    expected_rows = np.array([True, True, True, False])
+    for values in (nbce.log_softmax(x), nbce.softmax(x)):
+        np.testing.assert_array_equal(np.isnan(values).all(axis=1), expected_rows)
+        assert np.isfinite(values[3, :2]).all()
+    np.testing.assert_array_equal(nbce.logsumexp(x)[:3], [np.inf, np.inf, -np.inf])
+    for target in ([0, 0, 0, 0], [2, 2, 1, 1]):
+        loss = nbce.cross_entropy(x, np.array(target), reduction="none")
+        np.testing.assert_array_equal(np.isnan(loss), expected_rows)
+    assert np.isnan(nbce.entropy(x)[:3]).all()
+    assert np.isnan(nbce.evaluate(x[:1], np.array([0])).loss)
+    np.testing.assert_allclose(nbce.log_softmax(x), ref.log_softmax(x), rtol=1e-6)

@@ -114,3 +114,76 @@ def test_bfloat16_logits(rng):
     target = rng.integers(0, 300, 16)
     theirs = F.cross_entropy(torch.from_numpy(xb.astype(np.float32)).to(torch.bfloat16).double(), t(target))
     close(nbce.cross_entropy(xb, target), theirs, np.float32)
+
+
+INF_ROWS = np.array([
+    [0.0, np.inf, 1.0],       # +inf at a class that is not the target
+    [np.inf, 0.0, 1.0],       # +inf at the target
+    [np.inf, np.inf, np.inf],
+    [-np.inf, np.inf, 0.0],
+    [-np.inf, -np.inf, -np.inf],
+    [-np.inf, 2.0, 1.0],
+])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_infinite_logits_match_torch(dtype):
+    # A row holding +inf: every log-probability, probability and loss is NaN
+    # (its logsumexp +inf); an all -inf row: NaN too (logsumexp -inf).
+    x = INF_ROWS.astype(dtype)
+    for target in (np.zeros(6, np.int64), np.full(6, 2)):
+        close(nbce.cross_entropy(x, target, reduction="none"), F.cross_entropy(t(x), t(target), reduction="none"),
+              dtype)
+        close(nbce.cross_entropy(x, target, reduction="none", label_smoothing=0.1),
+              F.cross_entropy(t(x), t(target), reduction="none", label_smoothing=0.1), dtype)
+    close(nbce.log_softmax(x), F.log_softmax(t(x), dim=1), dtype)
+    close(nbce.softmax(x), F.softmax(t(x), dim=1), dtype)
+    close(nbce.logsumexp(x), torch.logsumexp(t(x), dim=1), dtype)
+    y = np.full(x.shape, 1 / 3, dtype)
+    close(nbce.cross_entropy(x[:4], y[:4], reduction="none"), F.cross_entropy(t(x[:4]), t(y[:4]), reduction="none"),
+          dtype)
+
+
+@pytest.mark.parametrize("magnitude", [1e12, 1e16, 1e20, 1e300])
+def test_huge_logits_match_torch(magnitude):
+    x = np.array([[magnitude] * 3, [-magnitude] * 3, [magnitude, magnitude - magnitude * 1e-15, 0.0]])
+    target = np.array([0, 1, 1])
+    close(nbce.cross_entropy(x, target, reduction="none"), F.cross_entropy(t(x), t(target), reduction="none"),
+          np.float64)
+    close(nbce.log_softmax(x), F.log_softmax(t(x), dim=1), np.float64)
+    close(nbce.softmax(x), F.softmax(t(x), dim=1), np.float64)
+
+
+def test_binary_cross_entropy_refuses_what_torch_refuses():
+    p = np.array([0.25, 0.5, 0.75])
+    for y in ([0.0, 1.5, 1.0], [0.0, 1.0, -0.5]):
+        with pytest.raises(RuntimeError, match="target should be between 0 and 1"):
+            F.binary_cross_entropy(t(p), t(np.array(y)))
+        with pytest.raises(ValueError, match=r"target\[\d\] = .* is not a probability"):
+            nbce.binary_cross_entropy(p, np.array(y))
+    for bad in ([0.0, 1.5, 1.0], [-0.5, 1.0, 1.0]):
+        with pytest.raises(RuntimeError, match="input should be between 0 and 1"):
+            F.binary_cross_entropy(t(np.array(bad)), t(p))
+        with pytest.raises(ValueError, match=r"probs\[\d\] = .* is not a probability"):
+            nbce.binary_cross_entropy(np.array(bad), p)
+    y = np.array([0.0, 0.3, 1.0])
+    close(nbce.binary_cross_entropy(p, y), F.binary_cross_entropy(t(p), t(y)), np.float64)
+
+
+def test_label_smoothing_string_is_a_type_error_in_both():
+    x, target = np.zeros((2, 3)), np.array([0, 1])
+    with pytest.raises(TypeError):
+        F.cross_entropy(t(x), t(target), label_smoothing="0.1")
+    with pytest.raises(TypeError, match="label_smoothing must be a float"):
+        nbce.cross_entropy(x, target, label_smoothing="0.1")
+
+
+def test_bfloat16_class_weights(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    xb = make_logits(rng, (16, 30), "float32").astype(ml_dtypes.bfloat16)
+    wb = (rng.random(30) + 0.5).astype(ml_dtypes.bfloat16)
+    target = rng.integers(0, 30, 16)
+    as_torch = lambda a: torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16).double()  # noqa: E731
+    for reduction in ["none", "mean"]:
+        close(nbce.cross_entropy(xb, target, weight=wb, reduction=reduction),
+              F.cross_entropy(as_torch(xb), t(target), weight=as_torch(wb), reduction=reduction), np.float32)

@@ -92,8 +92,22 @@ def _broadcast_rows(values, shape, name):
     return as_rows(array, -1)
 
 
+def _first_outside_unit_interval(values):
+    """The index of the first element outside [0, 1] (NaN is not), or None."""
+    wide = np.asarray(values, dtype=np.float64)
+    outside = np.argwhere((wide < 0.0) | (wide > 1.0))
+    return tuple(int(i) for i in outside[0]) if outside.size else None
+
+
 def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=None):
-    """(element-wise loss or None, per-row sums); probabilities outside [0, 1] raise."""
+    """(element-wise loss or None, per-row sums).
+
+    Probabilities, then targets, outside [0, 1] raise ``ValueError`` naming
+    the first one, as PyTorch refuses them (NaN propagates instead).
+    ``weight`` and ``pos_weight`` broadcast to the input's shape by NumPy's
+    rules (PyTorch's too): a scalar, one value per last-axis entry (C,), one
+    per row (R, 1), or the full shape.
+    """
     shape = x.shape if x.ndim else (1,)
     x_rows = as_rows(x.reshape(shape), -1)
     y_rows = as_rows(y.reshape(shape), -1)
@@ -107,9 +121,11 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
     kernels.binary_rows(from_logits, x_rows.length, x_rows.base, x_rows.geom, y_rows.base, y_rows.geom,
                         w_rows.base, w_rows.geom, pw_rows.base, pw_rows.geom, elementwise, row_sums, bad)
     if bad.any():
-        flat = np.asarray(x.reshape(shape), dtype=np.float64)
-        position = tuple(int(i) for i in np.argwhere((flat < 0) | (flat > 1))[0])[: x.ndim]
-        _checks.raise_bad_probability(position, x[position] if x.ndim else x[()])
+        position = _first_outside_unit_interval(x)
+        if position is not None:
+            _checks.raise_bad_probability(position, x[position])
+        position = _first_outside_unit_interval(y)
+        _checks.raise_bad_binary_target(position, y[position])
     return (elementwise if store else None), row_sums
 
 

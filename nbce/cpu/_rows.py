@@ -11,6 +11,14 @@ as contiguous 1-D arrays of float64, float32 or 16-bit words (see
 
     logsumexp(x) = c + log(s)
 
+Every result is formed from c and log s kept apart, as (x_j - c) - log s
+(``log_softmax_entry``), never as x_j - logsumexp(x): once |c| is large the
+sum c + log s absorbs log s (rows [M, M, M] would give log_softmax 0 for
+M >= 1e20), while x_j - c is exact near the maximum.  The terms equal to 1
+(the entries equal to c) are counted apart from the others, so that
+log s = log(ones) + log1p(rest / ones) keeps a tiny confident loss such as
+1e-30 instead of rounding 1 + 1e-30 to 1.
+
 A block below the running maximum is summed in the same read that finds its
 extrema; the first block, and any block that reaches the maximum, is read a
 second time from L1 once its maximum is known.
@@ -24,7 +32,7 @@ exactly 0, a +inf entry makes the result +inf, a NaN makes it NaN.
 import numpy as np
 from numba import njit
 
-from .._config import BLOCK, JIT_OPTIONS
+from .._config import BLOCK, ELEMENTWISE_JIT_OPTIONS, JIT_OPTIONS
 from ._bits import cast_like, key_to_float, order_key, widen
 from ._exp import exp_term
 
@@ -112,19 +120,24 @@ def _count_above(block, pivot):
 
 @njit(**JIT_OPTIONS)
 def row_stats(row, with_entropy, count_above, pivot):
-    """Stream one row: return (logsumexp, entropy, max, above) with float64
-    statistics.
+    """Stream one row: return (c, log s, entropy, max, above) with float64
+    statistics, where s = sum_j exp(x_j - c) and c is the row maximum (0 when
+    it is -inf), so that logsumexp(x) = c + log s (see ``logsumexp_of``).
 
     entropy = -sum_j p_j log p_j = log(s) - t/s with t = sum_j e_j (x_j - c);
     it is only accumulated (and only meaningful) when ``with_entropy``.
     ``above`` counts the entries strictly greater than ``pivot`` (in the
     row's compute type) when ``count_above``; each block is counted while it
     is still in L1, so the row is read from memory once.
-    A NaN anywhere gives (nan, nan, nan, 0); a +inf gives (inf, nan, inf, ...).
+    A NaN anywhere gives (nan, nan, nan, nan, 0); a +inf gives
+    (inf, nan, nan, inf, above): every log-probability of such a row is NaN,
+    as in PyTorch, while its logsumexp is +inf.  An all -inf row gives
+    (0, -inf, nan, -inf, above).
     """
     shift = 0.0
     running_max = -np.inf
-    total = 0.0
+    ones = 0.0  # terms exp(x_j - c) equal to 1, counted exactly
+    rest = 0.0  # the other terms
     moment = 0.0
     above = 0
     for lo in range(0, row.size, BLOCK):
@@ -139,50 +152,80 @@ def row_stats(row, with_entropy, count_above, pivot):
             # the maximum is summed again below.
             s, block_max, block_min = _block_sum_exp_extrema(block, cast_like(shift, widen(block[0])))
             if block_max != block_max or block_min != block_min:
-                return np.nan, np.nan, np.nan, 0
+                return np.nan, np.nan, np.nan, np.nan, 0
             if np.float64(block_max) < running_max:
-                total += np.float64(s)
+                rest += np.float64(s)
                 continue
         else:
             block_max, block_min = _block_extrema(block)
         if block_max != block_max or block_min != block_min:
-            return np.nan, np.nan, np.nan, 0
+            return np.nan, np.nan, np.nan, np.nan, 0
         new_max = np.float64(block_max)
         if new_max > running_max:
             new_shift = new_max if np.isfinite(new_max) else 0.0
+            total = ones + rest
             if total != 0.0:
                 delta = shift - new_shift
                 scale = np.exp(delta)
                 moment = scale * (moment + total * delta)
-                total *= scale
+                rest = total * scale
+                ones = 0.0
             running_max = new_max
             shift = new_shift
         block_shift = cast_like(shift, block_max)
         if with_entropy or new_max == running_max:
-            ones, rest, t = _block_sums_split(block, block_shift, with_entropy)
+            block_ones, block_rest, t = _block_sums_split(block, block_shift, with_entropy)
+            ones += np.float64(block_ones)
+            rest += np.float64(block_rest)
             moment += np.float64(t)
         else:
-            ones, rest = 0.0, np.float64(_block_sum_exp(block, block_shift))
-        total += np.float64(ones) + np.float64(rest)
+            rest += np.float64(_block_sum_exp(block, block_shift))
     if running_max == np.inf:
-        return np.inf, np.nan, np.inf, above
-    log_total = np.log(total)
-    return shift + log_total, log_total - moment / total, running_max, above
+        return np.inf, np.nan, np.nan, np.inf, above
+    if ones == 0.0:  # every entry is -inf: s = 0
+        return shift, -np.inf, np.nan, running_max, above
+    log_total = np.log(ones) + np.log1p(rest / ones)
+    return shift, log_total, log_total - moment / (ones + rest), running_max, above
+
+
+@njit(**ELEMENTWISE_JIT_OPTIONS)
+def log_softmax_entry(value, shift, log_total):
+    """log p_j = (x_j - c) - log s, in this order.
+
+    Compiled without reassociation, on purpose: in a fast-math caller LLVM
+    could otherwise rewrite it as x_j - (c + log s), the very cancellation
+    this order avoids.  A +inf row (c = +inf, log s = NaN) and an all -inf
+    row (log s = -inf) give NaN everywhere, as in PyTorch.
+    """
+    return (np.float64(value) - shift) - log_total
+
+
+@njit(**JIT_OPTIONS)
+def logsumexp_of(shift, log_total):
+    """logsumexp = c + log s; a row holding +inf (c = +inf, log s = NaN) gives +inf."""
+    return shift if shift == np.inf else shift + log_total
+
+
+@njit(**JIT_OPTIONS)
+def log_normalizer(row):
+    """(c, log s) of one row; see ``row_stats``."""
+    shift, log_total, _, _, _ = row_stats(row, False, False, widen(row[0]))
+    return shift, log_total
 
 
 @njit(**JIT_OPTIONS)
 def softmax_stats(row, with_entropy):
     """(logsumexp, entropy) of one row in float64; see ``row_stats``."""
-    lse, entropy, _, _ = row_stats(row, with_entropy, False, widen(row[0]))
-    return lse, entropy
+    shift, log_total, entropy, _, _ = row_stats(row, with_entropy, False, widen(row[0]))
+    return logsumexp_of(shift, log_total), entropy
 
 
 @njit(**JIT_OPTIONS)
-def log_prob(value, lse, input_type):
-    """log p of one entry, given the row's logsumexp (used for logits only)."""
+def log_prob(value, shift, log_total, input_type):
+    """log p of one entry, given its row's (c, log s) (read for logits only)."""
     x = np.float64(value)
     if input_type == LOGITS:
-        return x - lse
+        return log_softmax_entry(x, shift, log_total)
     if input_type == LOG_PROBS:
         return x
     lp = np.log(x)
@@ -190,18 +233,18 @@ def log_prob(value, lse, input_type):
 
 
 @njit(**JIT_OPTIONS)
-def weighted_log_prob_sum(row, coef, lse, input_type):
+def weighted_log_prob_sum(row, coef, shift, log_total, input_type):
     """sum_j coef[j] * log p_j; terms with coef[j] == 0 contribute 0 (0 * log 0 = 0)."""
     total = 0.0
     for j in range(row.size):
         c = coef[j]
         if c != 0.0:
-            total += c * log_prob(widen(row[j]), lse, input_type)
+            total += c * log_prob(widen(row[j]), shift, log_total, input_type)
     return total
 
 
 @njit(**JIT_OPTIONS)
-def soft_target_sum(row, target, t_offset, t_step, weight, smoothing, lse, input_type):
+def soft_target_sum(row, target, t_offset, t_step, weight, smoothing, shift, log_total, input_type):
     """sum_j w_j y'_j log p_j with y'_j = (1 - eps) y_j + eps / C; zero coefficients add 0."""
     n = row.size
     uniform = smoothing / n
@@ -210,5 +253,5 @@ def soft_target_sum(row, target, t_offset, t_step, weight, smoothing, lse, input
     for j in range(n):
         c = weight[j] * (keep * np.float64(widen(target[t_offset + j * t_step])) + uniform)
         if c != 0.0:
-            total += c * log_prob(widen(row[j]), lse, input_type)
+            total += c * log_prob(widen(row[j]), shift, log_total, input_type)
     return total

@@ -11,14 +11,16 @@ a non-unit class stride costs a per-row gather into a small buffer.
 import numpy as np
 from numba import njit, prange
 
-from .._config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._config import ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._bits import widen
 from ._exp import vexp
 from ._rows import (
     LOG_CLAMP,
     LOGITS,
+    log_normalizer,
     log_prob,
+    log_softmax_entry,
     row_stats,
     soft_target_sum,
     softmax_stats,
@@ -61,23 +63,40 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
         entropy_out[r] = entropy
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
+@njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def normalize_rows(base, geom, exponentiate, out):
-    """out[r] = x_r - logsumexp(x_r), or its exp; evaluated in float64, then rounded."""
+    """out[r] = (x_r - c_r) - log s_r (log_softmax), or its exp (softmax);
+    evaluated in float64, then rounded."""
     n_classes = out.shape[1]
     for r in prange(out.shape[0]):
         row = load_row(base, geom, n_classes, r)
-        lse = softmax_stats(row, False)[0]
+        shift, log_total = log_normalizer(row)
         dst = out[r]
         if exponentiate:
             for j in range(n_classes):
-                dst[j] = vexp(np.float64(widen(row[j])) - lse)
+                dst[j] = vexp(log_softmax_entry(widen(row[j]), shift, log_total))
         else:
             for j in range(n_classes):
-                dst[j] = np.float64(widen(row[j])) - lse
+                dst[j] = log_softmax_entry(widen(row[j]), shift, log_total)
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
+def _is_class(t, n_classes):
+    """0 <= t < n_classes: the kernels' own guard before any ``row[t]`` or
+    ``weight[t]``, whatever the host checks let through (a row costs one
+    compare; Numba would otherwise wrap a negative index or read past the end)."""
+    return 0 <= t < n_classes
+
+
+@njit(**JIT_OPTIONS)
+def _row_normalizer(row, input_type):
+    """(c, log s) for logits; (0, 0) for log-probabilities and probabilities."""
+    if input_type == LOGITS:
+        return log_normalizer(row)
+    return 0.0, 0.0
+
+
+@njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smoothing, input_type,
                      loss_out, weight_out):
     """Cross-entropy with class-index targets, PyTorch's formula per row:
@@ -85,50 +104,58 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
     loss_r = -(1 - eps) w[t_r] log p_r[t_r] - (eps / C) sum_c w[c] log p_r[c]
 
     ``weight_out[r] = w[t_r]`` (the mean's denominator); ignored rows are not
-    read and give 0 in both.
+    read and give 0 in both; a target outside [0, C) that reached the kernel
+    gives NaN in both and is not read (every row does, should ``weight`` be
+    shorter than a row).
     """
     keep = 1.0 - smoothing
     spread = smoothing / n_classes
+    readable = n_classes if weight.size >= n_classes else 0
     for r in prange(loss_out.size):
         t = target[r]
         if t == ignore_index:
             loss_out[r] = 0.0
             weight_out[r] = 0.0
             continue
+        if not _is_class(t, readable):
+            loss_out[r] = np.nan
+            weight_out[r] = np.nan
+            continue
         row = load_row(base, geom, n_classes, r)
-        lse = softmax_stats(row, False)[0] if input_type == LOGITS else 0.0
+        shift, log_total = _row_normalizer(row, input_type)
         w = weight[t]
-        loss = -keep * w * log_prob(widen(row[t]), lse, input_type)
+        loss = -keep * w * log_prob(widen(row[t]), shift, log_total, input_type)
         if smoothing > 0.0:
-            loss -= spread * weighted_log_prob_sum(row, weight, lse, input_type)
+            loss -= spread * weighted_log_prob_sum(row, weight, shift, log_total, input_type)
         loss_out[r] = loss
         weight_out[r] = w
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
+@njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, input_type, loss_out):
     """Cross-entropy with class probabilities: loss_r = -sum_c w[c] y'_rc log p_rc."""
     t_step = t_geom[0]
     for r in prange(loss_out.size):
         row = load_row(base, geom, n_classes, r)
-        lse = softmax_stats(row, False)[0] if input_type == LOGITS else 0.0
+        shift, log_total = _row_normalizer(row, input_type)
         loss_out[r] = -soft_target_sum(row, t_base, row_offset(t_geom, r), t_step, weight, smoothing,
-                                       lse, input_type)
+                                       shift, log_total, input_type)
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
+@njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out, entropy_out,
                 confidence_out):
     """Every per-row evaluation metric in one read of the row:
 
-    loss       = logsumexp(x) - x_t                  (cross-entropy, nats)
+    loss       = -log p_t = -((x_t - c) - log s)     (cross-entropy, nats)
     rank       = #{c : x_c > x_t}                    (0: the target is an argmax; ties favour it)
     entropy    = -sum_c p_c log p_c
-    confidence = max_c p_c = exp(max_c x_c - logsumexp(x))
+    confidence = max_c p_c = exp((max_c x_c - c) - log s)
 
+    with c the row maximum and s = sum_c exp(x_c - c) (see ``row_stats``).
     Ignored rows are not read and get rank ``IGNORED_ROW``; rows holding a
-    NaN get rank ``UNDEFINED_ROW`` and NaN statistics.  Targets must already
-    be valid class indices.
+    NaN, and targets outside [0, C) that reached the kernel (not read), get
+    rank ``UNDEFINED_ROW`` and NaN statistics.
     """
     for r in prange(loss_out.size):
         t = target[r]
@@ -138,13 +165,17 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
             entropy_out[r] = 0.0
             confidence_out[r] = 0.0
             continue
+        if not _is_class(t, n_classes):
+            rank_out[r] = UNDEFINED_ROW
+            loss_out[r] = entropy_out[r] = confidence_out[r] = np.nan
+            continue
         row = load_row(base, geom, n_classes, r)
         pivot = widen(row[t])
-        lse, entropy, top, above = row_stats(row, True, True, pivot)
-        loss_out[r] = lse - np.float64(pivot)
-        rank_out[r] = above if lse == lse else UNDEFINED_ROW
+        shift, log_total, entropy, top, above = row_stats(row, True, True, pivot)
+        loss_out[r] = -log_softmax_entry(pivot, shift, log_total)
+        rank_out[r] = above if shift == shift else UNDEFINED_ROW
         entropy_out[r] = entropy
-        confidence_out[r] = np.exp(top - lse)
+        confidence_out[r] = np.exp(log_softmax_entry(top, shift, log_total))
 
 
 @njit(**JIT_OPTIONS)
@@ -162,7 +193,8 @@ def binary_rows(from_logits, length, x_base, x_geom, y_base, y_geom, w_base, w_g
     logits:        l = w ((1 - y) x + (1 + (pw - 1) y) (log1p(exp(-|x|)) + max(-x, 0)))
 
     Writes ``elementwise_out`` when it has rows, always the per-row sums, and
-    counts probabilities outside [0, 1] per row in ``bad_out``.
+    counts per row in ``bad_out`` the elements whose probability or target
+    lies outside [0, 1] (probabilities only; NaN is not counted).
     """
     store = elementwise_out.shape[0] > 0
     for r in prange(row_sum_out.size):
@@ -181,7 +213,7 @@ def binary_rows(from_logits, length, x_base, x_geom, y_base, y_geom, w_base, w_g
                 softplus = np.log1p(np.exp(-abs(x))) + max(-x, 0.0)
                 loss = w * ((1.0 - y) * x + (1.0 + (pw - 1.0) * y) * softplus)
             else:
-                if x < 0.0 or x > 1.0:
+                if x < 0.0 or x > 1.0 or y < 0.0 or y > 1.0:
                     bad += 1
                 loss = -w * (y * _clamped_log(x) + (1.0 - y) * _clamped_log(1.0 - x))
             if store:
