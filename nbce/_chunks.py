@@ -65,6 +65,9 @@ def chunk_axis(axis):
 
 
 def default_chunk_rows(logits, axis):
+    """Indices along the chunked axis per chunk: about ``CHUNK_BYTES`` of logits."""
+    if logits.ndim < 2:  # one row of classes: one chunk
+        return 1
     along = chunk_axis(axis)
     per_index = logits.nbytes // max(1, logits.shape[along])
     return max(1, CHUNK_BYTES // max(1, per_index))

@@ -3,6 +3,8 @@
 import json
 import math
 import pickle
+import threading
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -178,6 +180,16 @@ def test_bad_target_names_its_position_in_the_whole_array(rng):
     (lambda x, t: nbce.evaluate(x.astype(np.int32), t), TypeError, "floating-point"),
     (lambda x, t: nbce.evaluate([(x, t, None, None)]), TypeError, "iterable"),
     (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(top_k=3)), ValueError, "different metrics"),
+    (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(ignore_index=0)), ValueError, "ignore_index 0 vs -100"),
+    (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(axis=0)), ValueError, "axis 0 vs -1"),
+    (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(calibration_bins=4)), ValueError, "calibration_bins 4"),
+    (lambda x, t: nbce.evaluate(x, t, ignore_index=2**63), ValueError, "ignore_index must fit in int64"),
+    (lambda x, t: nbce.evaluate(x, t, ignore_index=-2**63 - 1), ValueError, "ignore_index must fit in int64"),
+    (lambda x, t: nbce.Evaluator(ignore_index=2**64 - 1), ValueError, "ignore_index must fit in int64"),
+    (lambda x, t: nbce.evaluate(x, t, top_k=2**63), ValueError, "top_k"),
+    (lambda x, t: nbce.evaluate(x, t, top_k=(1, 2**70)), ValueError, "top_k"),
+    (lambda x, t: nbce.evaluate(x, t, calibration_bins=10**7), ValueError, "calibration_bins"),
+    (lambda x, t: nbce.evaluate(x, t, chunk_rows=2**64), ValueError, "chunk_rows"),
     (lambda x, t: nbce.Evaluator().merge(object()), TypeError, "Evaluator"),
 ])
 def test_bad_input_raises_clearly(call, error, match, rng):
@@ -203,6 +215,96 @@ def test_evaluator_pickles_and_keeps_its_state(rng):
     assert clone.compute() == evaluator.compute()
     assert "30 rows" in repr(clone)
     assert evaluator.reset().compute().count == 0
+
+
+def test_largest_options_work(rng):
+    x = make_logits(rng, (10, 4), "float32")
+    t = rng.integers(0, 4, 10)
+    result = nbce.evaluate(x, t, top_k=(1, 2**63 - 1), calibration_bins=nbce.evaluation.MAX_CALIBRATION_BINS,
+                           ignore_index=2**63 - 1)
+    assert result.accuracy[2**63 - 1] == 1.0 and result.count == 10
+
+
+def test_unpickling_checks_the_options(rng):
+    state = nbce.Evaluator().__getstate__()
+    state["options"]["calibration_bins"] = 10**7
+    clone = nbce.Evaluator.__new__(nbce.Evaluator)
+    with pytest.raises(ValueError, match="calibration_bins"):
+        clone.__setstate__(state)
+
+
+def test_evaluator_pickled_in_the_older_bin_layout_loads(rng):
+    # before the bins reached below float64's exponents: 2112 bins, bin e of weight 2**(e - 1075)
+    old = {"options": nbce.Evaluator().options(), "occupied": np.array([1023, 2112 + 1024]),
+           "values": np.array([3, 5]), "pending": np.zeros(50, np.int64), "special": np.zeros(50),
+           "counts": np.array([2, 0, 0, 0])}
+    clone = nbce.Evaluator.__new__(nbce.Evaluator)
+    clone.__setstate__(old)
+    sums, _ = clone._snapshot()
+    assert nbce._exact.value(*sums, 0) == 3 * 2.0**-52 and nbce._exact.value(*sums, 1) == 10 * 2.0**-52
+
+
+def test_one_dimensional_logits_are_one_row(rng):
+    x = make_logits(rng, (7,), "float32")
+    assert nbce.evaluate(x, np.array(3)) == nbce.Evaluator().update(x, np.array(3)).compute()
+    assert nbce.evaluate(x, np.array(3)).count == 1
+    assert nbce.evaluate(x, np.array(-100)).ignored == 1
+
+
+def _fraction_reference(x, t, w):
+    """(loss, top-1 accuracy) as exact fractions of the per-row float64 losses and the weights."""
+    losses = nbce.cross_entropy(x, t, reduction="none")
+    hits = np.argmax(x, axis=1) == t
+    total = sum(map(Fraction, w.tolist()))
+    loss = sum(Fraction(a) * Fraction(b) for a, b in zip(w.tolist(), losses.tolist())) / total
+    return float(loss), float(sum(Fraction(a) for a, hit in zip(w.tolist(), hits) if hit) / total)
+
+
+@pytest.mark.parametrize("weights", [
+    [1e306, 1e306, 0.0, 1e306],
+    [1.7976931348623157e308] * 4,  # float64's largest: sums and products overflow float64
+    [5e-324, 5e-324, 1e-320, 2.2e-308],  # subnormal: products fall below float64
+    [1.7976931348623157e308, 5e-324, 1.0, 3e200],
+])
+def test_huge_and_tiny_weights_give_exact_ratios(weights, rng):
+    x = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [5.0, -3.0, 0.5], [0.1, 0.2, 0.3]])
+    t = np.array([0, 0, 0, 1])
+    w = np.array(weights)
+    result = nbce.evaluate(x, t, weight=w, top_k=(1, 5), chunk_rows=1)
+    loss, top1 = _fraction_reference(x, t, w)
+    assert result.loss == loss and result.accuracy == {1: top1, 5: 1.0}
+    assert math.isfinite(result.entropy) and 0.0 <= result.ece <= 1.0
+
+
+def test_weights_of_1e306_from_the_issue():
+    x = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    result = nbce.evaluate(x, np.array([0, 0]), weight=np.array([1e306, 1e306]))
+    assert result.accuracy == {1: 0.5, 5: 1.0}
+
+
+def test_threads_sharing_an_evaluator_lose_nothing(rng):
+    # the tally runs without the GIL: unlocked, concurrent chunks lose rows
+    x = make_logits(rng, (4000, 8), "float32")
+    t = rng.integers(0, 8, 4000)
+    shared = nbce.Evaluator()
+    other = nbce.Evaluator().update(x, t)
+
+    def work(merging):
+        for _ in range(40):
+            shared.update(x, t)
+            if merging:
+                shared.merge(other)
+
+    threads = [threading.Thread(target=work, args=(i == 0,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = nbce.Evaluator()
+    for _ in range(200):
+        expected.merge(other)
+    assert shared.compute() == expected.compute()
+    assert shared.compute().count == 200 * 4000
 
 
 def test_progress_goes_to_stderr(rng, capsys, monkeypatch):
