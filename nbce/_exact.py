@@ -36,7 +36,6 @@ import math
 import numpy as np
 from numba import njit
 
-from .cpu._bits import float64_bits
 
 _MANTISSA_BITS = 52
 # Bins below float64's biased exponent 1: the lower half of a product of two
@@ -83,7 +82,7 @@ def _carry(bins, i):
 @njit(**_INLINE_JIT)
 def _add_scaled(bins, pending, i, x, scale):
     """Add ``x * 2**scale`` to accumulator ``i`` exactly (``x`` finite)."""
-    word = float64_bits(x)
+    word = np.float64(x).view(np.int64)  # the IEEE bits (a register move once compiled)
     e = (word >> _MANTISSA_BITS) & 0x7FF
     m = word & ((1 << _MANTISSA_BITS) - 1)
     if e == 0:

@@ -338,3 +338,13 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(files, tmp_path):
     folder = files[0]
     status, out, err = _score_in_a_process(folder / "logits.npy", folder / "targets.npy", env=env)
     assert status == 130 and err == "nbce score: interrupted\n" and out == ""
+
+
+def test_the_package_loads_numba_on_first_use_and_each_module_imports_first():
+    # ``import nbce`` stays light, so that the command handles Ctrl-C while Numba loads
+    modules = sorted(p.stem for p in Path(nbce.__file__).parent.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    code = ("import sys, nbce, nbce.cli; assert 'numba' not in sys.modules; "
+            "assert nbce.evaluate is nbce.evaluation.evaluate and 'numba' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for module in modules:  # no import circle shows, whichever module comes first
+        subprocess.run([sys.executable, "-c", f"import nbce.{module}"], check=True, capture_output=True)
