@@ -127,8 +127,8 @@ class _Files:
 
     def resident(self, part):
         """``part`` read into memory when it is a view of a read-only file mapping (see ``_read``)."""
-        if part is None or not _is_file_mapping(part):
-            return part
+        if part is None or not _is_file_mapping(part) or part.filename is None or part._mmap is None:
+            return part  # not a view of a file mapping nbce can reopen: scored as it is
         if part.filename not in self._open:
             self._open[part.filename] = open(part.filename, "rb")
         return _read(part, self._open[part.filename])

@@ -39,16 +39,15 @@ def open_array(spec):
     Only regular files are opened (a FIFO or a device would block or never end).
     """
     path, key = _split_spec(spec)
-    with _open_regular(path) as f:
+    with _open_regular(path) as f:  # every later read goes through f, the file that was checked
         magic = f.read(6)
-        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
         if magic.startswith(_NPY_MAGIC):
             if key is not None:
                 raise InputError(f"{path}: a .npy file holds one array; drop ':{key}'")
-            f.seek(0)
-            return _map(path, f, path, size)
-    if magic.startswith(_ZIP_MAGIC):
-        return _npz_member(path, key)
+            return _map(f, path, os.fstat(f.fileno()).st_size)
+        if magic.startswith(_ZIP_MAGIC):
+            return _npz_member(f, path, key)
     raise InputError(f"{path}: not a .npy or .npz file (expected NumPy's format, see numpy.save)")
 
 
@@ -61,7 +60,7 @@ def _open_regular(path):
         if not stat.S_ISREG(mode):
             raise InputError(f"{path}: not a regular file (a pipe, socket or device?), expected a .npy or .npz file")
         # O_NONBLOCK: should the path have become a FIFO since, opening it does not wait for a writer
-        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+        f = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as error:  # a symlink loop, no permission, ...
@@ -104,19 +103,19 @@ def _check_size(label, shape, dtype, nbytes, available, exact=False):
                          f"{available:,} bytes follow the header (a truncated or damaged file)")
 
 
-def _map(path, f, label, end):
-    """Map the .npy data at ``f``'s position in ``path``, whose bytes end at offset ``end``."""
+def _map(f, label, end):
+    """Map the .npy data at the position of the file ``f``, whose bytes end at offset ``end``."""
     shape, fortran_order, dtype, nbytes = _read_header(f, label)
     offset = f.tell()
     _check_size(label, shape, dtype, nbytes, end - offset)
     if nbytes == 0:
         return np.empty(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
-def _npz_member(path, key):
+def _npz_member(f, path, key):
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise InputError(f"{path}: not a readable .npz file ({error})") from None
     with archive:
@@ -129,30 +128,28 @@ def _npz_member(path, key):
             raise InputError(f"{path} has no array {key!r}; it holds: {', '.join(names) or 'none'}")
         info = archive.getinfo(key + ".npy")
         label = f"{path}:{key}"
+        if info.compress_type == zipfile.ZIP_STORED:
+            return _mapped_member(f, info, label)
+        if info.compress_type != zipfile.ZIP_DEFLATED:
+            raise InputError(f"{label} uses zip compression method {info.compress_type}; nbce reads "
+                             "NumPy's own: stored (np.savez) or deflated (np.savez_compressed)")
         try:
-            if info.compress_type == zipfile.ZIP_DEFLATED:
-                return _inflate(archive, info, label)
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise InputError(f"{label} uses zip compression method {info.compress_type}; nbce reads "
-                                 "NumPy's own: stored (np.savez) or deflated (np.savez_compressed)")
-            return _mapped_member(path, info, label)
+            return _inflate(archive, info, label)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # damaged data, a bad CRC
             raise InputError(f"{label}: a damaged .npz member ({error})") from None
 
 
-def _mapped_member(path, info, label):
-    """Map an uncompressed member: its bytes are a .npy file inside the zip file."""
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(_LOCAL_HEADER)
-        if len(header) < _LOCAL_HEADER or not header.startswith(_ZIP_MAGIC):
-            raise InputError(f"{label}: a damaged .npz member (no local header at byte {info.header_offset})")
-        name_length = int.from_bytes(header[26:28], "little")
-        extra_length = int.from_bytes(header[28:30], "little")
-        start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
-        f.seek(start)
-        end = min(start + info.file_size, os.fstat(f.fileno()).st_size)
-        return _map(path, f, label, end)
+def _mapped_member(f, info, label):
+    """Map an uncompressed member: its bytes are a .npy file inside the zip file ``f``."""
+    f.seek(info.header_offset)
+    header = f.read(_LOCAL_HEADER)
+    if len(header) < _LOCAL_HEADER or not header.startswith(_ZIP_MAGIC):
+        raise InputError(f"{label}: a damaged .npz member (no local header at byte {info.header_offset})")
+    name_length = int.from_bytes(header[26:28], "little")
+    extra_length = int.from_bytes(header[28:30], "little")
+    start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
+    f.seek(start)
+    return _map(f, label, min(start + info.file_size, os.fstat(f.fileno()).st_size))
 
 
 def _inflate(archive, info, label):

@@ -3,6 +3,8 @@
 import json
 import math
 import pickle
+import subprocess
+import sys
 import threading
 from fractions import Fraction
 
@@ -103,6 +105,36 @@ def test_memory_mapped_file_matches_in_memory(tmp_path, rng):
     result = nbce.evaluate(mapped, np.load(tmp_path / "targets.npy", mmap_mode="r"), chunk_rows=64)
     assert result == nbce.evaluate(x, t)
     assert_matches(result, ref.evaluation(x, t), "float16")
+
+
+@pytest.mark.parametrize("axis,order", [(-1, "C"), (0, "C"), (-1, "F")])
+def test_mapped_files_in_every_layout_match_in_memory(tmp_path, rng, axis, order):
+    # C-order rows are read with pread; class axis first and Fortran order go through the mapping
+    x = np.asarray(make_logits(rng, (300, 9), "float32"), order=order)
+    x = x.T.copy(order=order) if axis == 0 else x
+    t = targets_for(rng, x.shape, axis)
+    np.save(tmp_path / "logits.npy", x)
+    np.save(tmp_path / "targets.npy", t)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r"), np.load(tmp_path / "targets.npy", mmap_mode="r")
+    assert nbce.evaluate(*mapped, axis=axis, chunk_rows=7) == nbce.evaluate(x, t, axis=axis, chunk_rows=7)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_a_mapped_file_truncated_before_scoring_raises(tmp_path, rng, axis):
+    # in a child process: should the check fail, touching the lost pages kills the process (SIGBUS)
+    np.save(tmp_path / "logits.npy", make_logits(rng, (400, 9) if axis == -1 else (9, 400), "float32"))
+    script = f"""
+import os, numpy as np, nbce
+mapped = np.load("logits.npy", mmap_mode="r")
+os.truncate("logits.npy", 2048)
+try:
+    nbce.evaluate(mapped, np.zeros(400, np.int64), axis={axis}, chunk_rows=50)
+except ValueError as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "logits.npy: the file ends at byte 2,048, before the array's end" in done.stdout
 
 
 def test_all_equal_logits_tie_in_the_targets_favour():
