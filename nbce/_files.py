@@ -93,6 +93,8 @@ def _read_header(f, label):
         raise InputError(f"{label}: not a readable .npy array ({error})") from None
     if dtype.hasobject:
         raise InputError(f"{label} holds Python objects, not numbers")
+    if any(n < 0 for n in shape):
+        raise InputError(f"{label}: its header declares the shape {shape}, with a negative length")
     return shape, fortran_order, dtype, prod(shape) * dtype.itemsize
 
 

@@ -236,10 +236,9 @@ def test_damaged_archives_are_one_line_and_status_2(files, tmp_path):
         _assert_one_line_status_2(*_score_in_a_process(tmp_path / argument, folder / "targets.npy"), message)
 
 
-def _absurd_header(path):
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4611686018427387904), }"
-    header = header.ljust(117) + "\n"
-    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(16))
+def _absurd_header(path, shape):
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".ljust(117) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(64))
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and symlinks")
@@ -248,11 +247,13 @@ def test_odd_paths_are_one_line_and_status_2(files, tmp_path):
     targets = folder / "targets.npy"
     os.mkfifo(tmp_path / "fifo.npy")  # opening it for reading would wait for a writer forever
     os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
-    _absurd_header(tmp_path / "absurd.npy")
+    _absurd_header(tmp_path / "absurd.npy", (2**62, 2**62))
+    _absurd_header(tmp_path / "negative.npy", (-3, 5))
     for argument, message in [(tmp_path / "fifo.npy", "not a regular file"),
                               (tmp_path / "loop.npy", "cannot open (Too many levels of symbolic links)"),
                               (f"{folder / 'logits.npy'}:logits", "a .npy file holds one array; drop ':logits'"),
                               (tmp_path / "absurd.npy", "its header declares a (4611686018427387904, "),
+                              (tmp_path / "negative.npy", "its header declares the shape (-3, 5), with a negative"),
                               (folder, "is a directory")]:
         _assert_one_line_status_2(*_score_in_a_process(argument, targets, timeout=60), message)
 
