@@ -314,29 +314,52 @@ def test_weights_of_1e306_from_the_issue():
     assert result.accuracy == {1: 0.5, 5: 1.0}
 
 
-def test_threads_sharing_an_evaluator_lose_nothing(rng):
-    # the tally runs without the GIL: unlocked, concurrent chunks lose rows
-    x = make_logits(rng, (4000, 8), "float32")
-    t = rng.integers(0, 8, 4000)
-    shared = nbce.Evaluator()
-    other = nbce.Evaluator().update(x, t)
-
-    def work(merging):
-        for _ in range(40):
-            shared.update(x, t)
-            if merging:
-                shared.merge(other)
-
-    threads = [threading.Thread(target=work, args=(i == 0,)) for i in range(4)]
+def _in_threads(work, n_threads=4):
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def test_threads_sharing_an_evaluator_lose_nothing(rng):
+    x = make_logits(rng, (20_000, 4), "float32")
+    t = rng.integers(0, 4, 20_000)
+    shared = nbce.Evaluator()
+    other = nbce.Evaluator().update(x, t)
+
+    def work(i):
+        for _ in range(10):
+            shared.update(x, t)
+            if i == 0:
+                shared.merge(other)
+
+    _in_threads(work)
     expected = nbce.Evaluator()
-    for _ in range(200):
+    for _ in range(50):
         expected.merge(other)
     assert shared.compute() == expected.compute()
-    assert shared.compute().count == 200 * 4000
+    assert shared.compute().count == 50 * 20_000
+
+
+def test_concurrent_tallies_lose_nothing(rng):
+    # The tally runs without the GIL: unlocked, threads adding to the same
+    # bins at once lose additions.  Per-row figures straight to the tally,
+    # so that the threads spend their time there.
+    n = 1_000_000
+    per_row = (rng.uniform(0, 5, n), rng.integers(0, 10, n), rng.uniform(0, 3, n), rng.uniform(0, 1, n))
+    shared, alone = nbce.Evaluator(), nbce.Evaluator()
+    alone._tally(per_row, np.empty(0))
+
+    def work(i):
+        for _ in range(5):
+            shared._tally(per_row, np.empty(0))
+
+    _in_threads(work)
+    expected = nbce.Evaluator()
+    for _ in range(20):
+        expected.merge(alone)
+    assert shared.compute() == expected.compute()
 
 
 def test_progress_goes_to_stderr(rng, capsys, monkeypatch):
