@@ -1,16 +1,25 @@
-"""Row chunks of host arrays, and the page hints that keep a memory map's footprint bounded.
+"""Row chunks of host arrays, read from memory-mapped files without touching the mapping.
 
-A memory-mapped file that is read from start to end stays resident in the
-process (its pages count in RSS) until the kernel needs the memory back.
-After a chunk has been scored its pages are dropped from the mapping
-(``MADV_DONTNEED``: for a shared file mapping the data stay in the page
-cache and a later read faults them back in), and the next chunk is announced
-(``MADV_WILLNEED``) so that the kernel reads it ahead while the current one
-is scored.
+A page of a mapped file that has been truncated (by another process, while
+nbce scores it) cannot be read: touching it raises SIGBUS, which kills the
+process, since Python cannot recover from a fault inside native code.  So a
+chunk of a read-only file mapping that occupies one contiguous byte range
+(rows of a C-order array, the usual case) is read with ``pread`` into an
+array of its own: a truncated file gives a short read, hence a ``ValueError``
+naming the file.  The kernel's read-ahead follows the sequential reads, and
+no page of the mapping becomes resident, so memory stays at a chunk or two.
+
+A chunk that is not contiguous in the file (class axis first, Fortran order)
+is scored through the mapping: its pages are dropped from the mapping after
+use (``MADV_DONTNEED``: for a shared file mapping the data stay in the page
+cache and a later read faults them back in) and the next chunk is announced
+(``MADV_WILLNEED``); the file's size is checked before each chunk, which
+narrows, but cannot close, the window in which a truncation kills the process.
 """
 
 import ctypes
 import mmap
+import os
 import sys
 from dataclasses import dataclass
 from math import prod
@@ -50,6 +59,43 @@ def _is_file_mapping(array):
     return isinstance(array, np.memmap) and getattr(array, "mode", None) in ("r", "r+")
 
 
+def _file_position(part):
+    """Offset in its file of the first byte of ``part``, a view of a ``np.memmap``."""
+    # np.memmap maps from ``offset`` rounded down to the allocation granularity
+    mapping = np.frombuffer(part._mmap, dtype=np.uint8)
+    mapped_from = part.offset - part.offset % mmap.ALLOCATIONGRANULARITY
+    return mapped_from + _byte_bounds(part)[0] - mapping.ctypes.data
+
+
+def _truncated(part, end):
+    return ValueError(f"{part.filename}: the file ends at byte {end:,}, before the array's end "
+                      "(truncated while being read?)")
+
+
+def _read(part, file):
+    """``part`` of a read-only file mapping as an in-memory array, read from ``file``
+    with ``pread`` when it is one contiguous byte range; else ``part`` itself,
+    once the file is checked to be long enough (see the module docstring)."""
+    if part.size == 0:
+        return np.asarray(part)
+    position = _file_position(part)
+    if not (part.flags.c_contiguous or part.flags.f_contiguous):
+        end = position + _byte_bounds(part)[1] - _byte_bounds(part)[0]
+        size = os.fstat(file.fileno()).st_size
+        if size < end:
+            raise _truncated(part, size)
+        return part
+    copy = np.empty(part.shape, part.dtype, order="C" if part.flags.c_contiguous else "F")
+    data = copy.reshape(-1, order="A").view(np.uint8)
+    done = 0
+    while done < data.size:
+        n = os.preadv(file.fileno(), [data[done:]], position + done)
+        if n == 0:
+            raise _truncated(part, position + done)
+        done += n
+    return copy
+
+
 def _advise(array, advice):
     if _libc is None or array.size == 0:
         return
@@ -65,9 +111,31 @@ def chunk_axis(axis):
 
 
 def default_chunk_rows(logits, axis):
+    """Indices along the chunked axis per chunk: about ``CHUNK_BYTES`` of logits."""
+    if logits.ndim < 2:  # one row of classes: one chunk
+        return 1
     along = chunk_axis(axis)
     per_index = logits.nbytes // max(1, logits.shape[along])
     return max(1, CHUNK_BYTES // max(1, per_index))
+
+
+class _Files:
+    """The files behind mapped chunks, each opened once, for ``_read``."""
+
+    def __init__(self):
+        self._open = {}
+
+    def resident(self, part):
+        """``part`` read into memory when it is a view of a read-only file mapping (see ``_read``)."""
+        if part is None or not _is_file_mapping(part) or part.filename is None or part._mmap is None:
+            return part  # not a view of a file mapping nbce can reopen: scored as it is
+        if part.filename not in self._open:
+            self._open[part.filename] = open(part.filename, "rb")
+        return _read(part, self._open[part.filename])
+
+    def close(self):
+        for file in self._open.values():
+            file.close()
 
 
 def row_chunks(logits, target, weight, axis, chunk_rows):
@@ -75,23 +143,28 @@ def row_chunks(logits, target, weight, axis, chunk_rows):
 
     ``logits`` is an ndarray (possibly a memmap) with class axis ``axis``
     (non-negative); ``target`` (and ``weight``, if given) has its shape
-    without that axis.  Pages of a mapped file are released behind the
-    reader and requested ahead of it.
+    without that axis.  Chunks of read-only file mappings are read as the
+    module docstring says.
     """
-    if logits.ndim == 1:
-        yield Chunk(0, logits, target, weight, 1)
-        return
-    along = chunk_axis(axis)
-    n = logits.shape[along]
-    mapped = _is_file_mapping(logits)
-    per_row = prod(target.shape[1:])
-    for start in range(0, n, chunk_rows):
-        stop = min(n, start + chunk_rows)
-        part = logits[(slice(None),) * along + (slice(start, stop),)]
-        if mapped and stop < n:
-            ahead = logits[(slice(None),) * along + (slice(stop, min(n, stop + chunk_rows)),)]
-            _advise(ahead, _MADV_WILLNEED)
-        yield Chunk(start, part, target[start:stop], None if weight is None else weight[start:stop],
-                    (stop - start) * per_row)
-        if mapped:
-            _advise(part, _MADV_DONTNEED)
+    files = _Files()
+    try:
+        if logits.ndim == 1:
+            yield Chunk(0, files.resident(logits), files.resident(target), files.resident(weight), 1)
+            return
+        along = chunk_axis(axis)
+        n = logits.shape[along]
+        per_row = prod(target.shape[1:])
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            part = logits[(slice(None),) * along + (slice(start, stop),)]
+            scored = files.resident(part)
+            mapped = scored is part and _is_file_mapping(part)  # scored through the mapping
+            if mapped and stop < n:
+                ahead = logits[(slice(None),) * along + (slice(stop, min(n, stop + chunk_rows)),)]
+                _advise(ahead, _MADV_WILLNEED)
+            yield Chunk(start, scored, files.resident(target[start:stop]),
+                        None if weight is None else files.resident(weight[start:stop]), (stop - start) * per_row)
+            if mapped:
+                _advise(part, _MADV_DONTNEED)
+    finally:
+        files.close()

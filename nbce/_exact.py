@@ -3,18 +3,26 @@
 Every finite float64 is an integer multiple of 2**-1074: x = m * 2**(e - 1075)
 with a 53-bit integer m and the 11-bit biased exponent e (e = 1 for
 subnormals).  An accumulator keeps one int64 *bin* per exponent and adds m to
-bin e — one integer addition per value, no rounding at all:
+bin j = e + _BELOW — one integer addition per value, no rounding at all:
 
-    sum = sum_e bins[e] * 2**(e - 1075)      (exactly; Python integers evaluate it)
+    sum = sum_j bins[j] * 2**(j - _SHIFT),  _SHIFT = 1075 + _BELOW
+                                             (exactly; Python integers evaluate it)
+
+The bins reach below and above float64's exponents so that a product w * v
+of any two finite float64 is added exactly too, even where it under- or
+overflows float64: with w = mw * 2**ew and v = mv * 2**ev (``frexp``,
+mw, mv in [0.5, 1)), mw * mv splits exactly into two float64 halves
+(Dekker's two-product), and each half goes to its bin moved up ew + ev.
 
 A bin gains less than 2**53 per addition, so at most ``_CARRY_EVERY``
 additions after a *carry* pass (which moves each bin's bits above 2**53 into
 the bin 53 exponents higher, leaving bins in [0, 2**53)) no int64 can
-overflow.  Because nothing is rounded until ``value`` is asked for, the
-result is the correctly rounded total whatever the order of the additions:
-chunking a data set differently, or merging evaluators in another order,
-gives bit-identical figures.  Products ``w * v`` are added exactly as well
-(Dekker's two-product).
+overflow.  Because nothing is rounded until ``value`` (or ``ratio``) is asked
+for, the result is the correctly rounded total whatever the order of the
+additions: chunking a data set differently, or merging evaluators in another
+order, gives bit-identical figures.  ``ratio`` divides two sums as exact
+integers on the common scale 2**-_SHIFT, so a quotient of sums beyond
+float64's range (weights near 1.8e308) is still correctly rounded.
 
 Non-finite values do not enter the bins: they are summed apart in
 ``special`` (inf + -inf = nan, nan stays nan), which then is the result.
@@ -28,16 +36,23 @@ import math
 import numpy as np
 from numba import njit
 
-from .cpu._bits import float64_bits
 
-# One bin per biased exponent, and room above the largest for the carries
-# out of it (those bins only ever gain carries of a few bits).
-_N_BINS = 2048 + 64
 _MANTISSA_BITS = 52
-_SHIFT = 1075  # bin e has weight 2**(e - _SHIFT)
+# Bins below float64's biased exponent 1: the lower half of a product of two
+# subnormals, (mw * mv) * 2**(ew + ev) with ew + ev >= -2146 and a lower half of
+# at least 2**-106, lands 917 - 2146 = -1229 bins below exponent 0.
+_BELOW = 1229
+# Above float64's largest exponent: products reach 2**2048 (1024 bins more), and
+# the carries out of the highest bins need room (those bins only ever gain
+# carries of a few bits).
+_N_BINS = _BELOW + 2048 + 1024 + 64
+_SHIFT = 1075 + _BELOW  # bin j has weight 2**(j - _SHIFT)
 _CARRY_EVERY = 1000  # < 2**(63 - 53): additions between carry passes
 _SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's splitter for float64
 _SPLIT_LIMIT = 2.0**996  # above this, splitting could overflow
+# Below this a product's rounding error could fall under float64's subnormals
+# and be rounded itself: such products take the exponent-moving path.
+_PRODUCT_FLOOR = 2.0**-960
 
 # No reference counting (``_nrt=False``): nothing here allocates, and the
 # atomic reference-count updates that Numba otherwise emits around each use
@@ -65,23 +80,29 @@ def _carry(bins, i):
 
 
 @njit(**_INLINE_JIT)
-def add(bins, pending, special, i, x):
-    """Add ``x`` to accumulator ``i`` exactly."""
-    if not math.isfinite(x):
-        special[i] += x
-        return
-    word = float64_bits(x)
+def _add_scaled(bins, pending, i, x, scale):
+    """Add ``x * 2**scale`` to accumulator ``i`` exactly (``x`` finite)."""
+    word = np.float64(x).view(np.int64)  # the IEEE bits (a register move once compiled)
     e = (word >> _MANTISSA_BITS) & 0x7FF
     m = word & ((1 << _MANTISSA_BITS) - 1)
     if e == 0:
         e = 1  # subnormal: no implicit bit, same scale as the smallest normal
     else:
         m |= 1 << _MANTISSA_BITS
-    bins[i, e] += -m if word < 0 else m
+    bins[i, e + _BELOW + scale] += -m if word < 0 else m
     pending[i] += 1
     if pending[i] >= _CARRY_EVERY:
         _carry(bins, i)
         pending[i] = 0
+
+
+@njit(**_INLINE_JIT)
+def add(bins, pending, special, i, x):
+    """Add ``x`` to accumulator ``i`` exactly."""
+    if not math.isfinite(x):
+        special[i] += x
+        return
+    _add_scaled(bins, pending, i, x, 0)
 
 
 @njit(**_JIT)
@@ -91,21 +112,39 @@ def _split(a):
     return high, a - high
 
 
+@njit(**_JIT)
+def _product_error(a, b, p):
+    """a * b - p exactly, for p = fl(a * b) (Dekker; needs no under- or overflow)."""
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    return ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
 @njit(**_INLINE_JIT)
 def add_product(bins, pending, special, i, w, v):
-    """Add ``w * v`` to accumulator ``i`` exactly (barring under/overflow of the error term)."""
+    """Add ``w * v`` to accumulator ``i`` exactly, also where it under- or overflows float64."""
     if w == 1.0:
         add(bins, pending, special, i, v)
         return
     p = w * v
-    add(bins, pending, special, i, p)
-    if not math.isfinite(p) or abs(w) > _SPLIT_LIMIT or abs(v) > _SPLIT_LIMIT:
+    if not (math.isfinite(w) and math.isfinite(v)):
+        special[i] += p
         return
-    wh, wl = _split(w)
-    vh, vl = _split(v)
-    error = ((wh * vh - p) + wh * vl + wl * vh) + wl * vl
+    if p == 0.0 and (w == 0.0 or v == 0.0):
+        return
+    if _PRODUCT_FLOOR <= abs(p) <= _SPLIT_LIMIT and abs(w) <= _SPLIT_LIMIT and abs(v) <= _SPLIT_LIMIT:
+        _add_scaled(bins, pending, i, p, 0)
+        error = _product_error(w, v, p)
+        scale = 0
+    else:  # move the exponents out of the way: mw * mv lies in [0.25, 1)
+        mw, ew = math.frexp(w)
+        mv, ev = math.frexp(v)
+        p = mw * mv
+        _add_scaled(bins, pending, i, p, ew + ev)
+        error = _product_error(mw, mv, p)
+        scale = ew + ev
     if error != 0.0:
-        add(bins, pending, special, i, error)
+        _add_scaled(bins, pending, i, error, scale)
 
 
 @njit(**_JIT)
@@ -123,14 +162,64 @@ def merge_into(bins, pending, special, other_bins, other_pending, other_special)
         special[i] += other_special[i]
 
 
+def total(bins, pending, special, i):
+    """Accumulator ``i`` exactly, as ``(n, s)``: the sum is n * 2**-_SHIFT + s, where
+    the Python integer n holds every finite addition and the float s is 0.0
+    unless a non-finite value was added (then s, +-inf or nan, is the sum)."""
+    row = bins[i]
+    occupied = np.flatnonzero(row)
+    n = sum(int(b) << int(j) for j, b in zip(occupied.tolist(), row[occupied].tolist()))
+    return n, float(special[i])
+
+
+def _divide(n, d):
+    """n / d for Python integers, correctly rounded (+-inf beyond float64's range)."""
+    try:
+        return n / d  # int / int rounds correctly once, however large both are
+    except OverflowError:
+        return math.inf if (n > 0) == (d > 0) else -math.inf
+
+
+def to_float(exact):
+    """The correctly rounded float64 value of a ``total`` (+-inf beyond float64's range)."""
+    n, s = exact
+    return _divide(n, 1 << _SHIFT) + s
+
+
 def value(bins, pending, special, i):
     """The correctly rounded float64 value of accumulator ``i`` (+-inf beyond float64's range)."""
-    row = bins[i]
-    exponents = np.flatnonzero(row)
-    # Python integers hold the exact total; int / int rounds correctly once.
-    total = sum(int(b) << int(e) for e, b in zip(exponents.tolist(), row[exponents].tolist()))
-    try:
-        result = total / (1 << _SHIFT)
-    except OverflowError:  # the exact total is beyond float64's range
-        result = math.inf if total > 0 else -math.inf
-    return result + float(special[i])
+    return to_float(total(bins, pending, special, i))
+
+
+def ratio(numerator, denominator):
+    """numerator / denominator of two ``total`` results, rounded once; NaN when the
+    denominator is 0.  Both share the scale 2**-_SHIFT, so the quotient of the
+    integers is the quotient of the sums, even when a sum exceeds float64."""
+    (n, s), (d, t) = numerator, denominator
+    if s or t:  # a non-finite addition: float arithmetic gives its inf / nan rules
+        x, y = to_float(numerator), to_float(denominator)
+        return math.nan if y == 0.0 else x / y
+    return math.nan if d == 0 else _divide(n, d)
+
+
+def export(bins, pending, special):
+    """The non-zero bins and the rest of a set of accumulators, for pickling: a few kB
+    (the bins are almost all zero).  ``restore`` reads it, also in another layout."""
+    occupied = np.flatnonzero(bins)
+    return {"occupied": occupied, "values": bins.reshape(-1)[occupied], "pending": pending,
+            "special": special, "width": bins.shape[1], "shift": _SHIFT}
+
+
+def restore(bins, pending, special, state):
+    """Fill fresh accumulators from ``export``'s dict; ValueError if it does not fit them."""
+    # States pickled before the bins reached below float64's exponents had 2112 bins, shift 1075.
+    width, shift = int(state.get("width", 2112)), int(state.get("shift", 1075))
+    occupied = np.asarray(state["occupied"], dtype=np.int64)
+    rows, columns = np.divmod(occupied, width)
+    columns += _SHIFT - shift
+    if (occupied.size and (rows.max() >= bins.shape[0] or columns.min() < 0 or columns.max() >= _N_BINS)) \
+            or np.shape(state["pending"]) != pending.shape or np.shape(state["special"]) != special.shape:
+        raise ValueError("this Evaluator state does not fit its options: not an nbce Evaluator pickle?")
+    bins[rows, columns] = state["values"]
+    pending[:] = state["pending"]
+    special[:] = state["special"]

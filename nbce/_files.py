@@ -1,7 +1,15 @@
-"""Open ``.npy`` files and ``.npz`` members as memory maps, never reading them whole."""
+"""Open ``.npy`` files and ``.npz`` members as memory maps, never reading them whole.
+
+Every size is checked before anything is mapped or inflated: the header's
+shape times the item size (Python integers: no overflow, no NumPy warning)
+must fit in the bytes the file, or the zip member, holds.
+"""
 
 import os
+import stat
 import zipfile
+import zlib
+from math import prod
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -9,6 +17,13 @@ from numpy.lib import format as npy_format
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 _LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
+# Compressed members (np.savez_compressed) are inflated into memory: at most
+# this many bytes, so that a small archive cannot ask for gigabytes (a
+# "decompression bomb").  Larger arrays belong in np.save / np.savez files,
+# which are memory-mapped instead.
+MAX_INFLATED_BYTES = 2**30
+_INFLATE_STEP = 2**20  # bytes inflated per read
+_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 
 
 class InputError(ValueError):
@@ -19,41 +34,92 @@ def open_array(spec):
     """A read-only array for ``path.npy`` or ``path.npz:key`` (``path.npz`` when it holds one array).
 
     ``.npy`` files and uncompressed ``.npz`` members (``np.savez``) are
-    memory-mapped; compressed members (``np.savez_compressed``) are read into
-    memory, since they cannot be mapped.
+    memory-mapped; compressed members (``np.savez_compressed``) are inflated
+    into memory, since they cannot be mapped, up to ``MAX_INFLATED_BYTES``.
+    Only regular files are opened (a FIFO or a device would block or never end).
     """
     path, key = _split_spec(spec)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a directory, expected a .npy or .npz file")
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:  # every later read goes through f, the file that was checked
         magic = f.read(6)
-    if magic.startswith(_NPY_MAGIC):
-        if key is not None:
-            raise InputError(f"{path}: a .npy file holds one array; drop ':{key}'")
-        try:
-            return np.load(path, mmap_mode="r")
-        except ValueError as error:
-            raise InputError(f"{path}: not a readable .npy file ({error})") from None
-    if magic.startswith(_ZIP_MAGIC):
-        return _npz_member(path, key)
+        f.seek(0)
+        if magic.startswith(_NPY_MAGIC):
+            if key is not None:
+                raise InputError(f"{path}: a .npy file holds one array; drop ':{key}'")
+            return _map(f, path, os.fstat(f.fileno()).st_size)
+        if magic.startswith(_ZIP_MAGIC):
+            return _npz_member(f, path, key)
     raise InputError(f"{path}: not a .npy or .npz file (expected NumPy's format, see numpy.save)")
 
 
+def _open_regular(path):
+    """``open(path, "rb")`` for a regular file; InputError naming what else it is."""
+    try:
+        mode = os.stat(path).st_mode  # before opening: opening a FIFO blocks
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{path}: is a directory, expected a .npy or .npz file")
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{path}: not a regular file (a pipe, socket or device?), expected a .npy or .npz file")
+        # O_NONBLOCK: should the path have become a FIFO since, opening it does not wait for a writer
+        f = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as error:  # a symlink loop, no permission, ...
+        raise InputError(f"{path}: cannot open ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise InputError(f"{path}: not a regular file, expected a .npy or .npz file")
+    return f
+
+
 def _split_spec(spec):
-    """'a.npz:key' -> ('a.npz', 'key'); anything else -> (spec, None)."""
+    """'a.npz:key' -> ('a.npz', 'key'); 'a.npy:key' too (to say that .npy has no keys); else (spec, None)."""
     head, sep, tail = spec.rpartition(":")
-    if sep and head.lower().endswith(".npz") and tail:
+    if sep and head.lower().endswith((".npz", ".npy")) and tail and not os.path.lexists(spec):
         return head, tail
     return spec, None
 
 
-def _npz_member(path, key):
+def _read_header(f, label):
+    """(shape, fortran_order, dtype, nbytes) of the .npy data at ``f``'s position, which ends at the header."""
     try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise InputError(f"{path}: not a readable .npz file") from None
+        version = npy_format.read_magic(f)
+        read_header = _HEADER_READERS.get(version)
+        if read_header is None:
+            raise InputError(f"{label} uses .npy format {version}, which nbce cannot read (1.0 and 2.0 only)")
+        shape, fortran_order, dtype = read_header(f)
+    except InputError:
+        raise
+    except (ValueError, EOFError) as error:  # a damaged or foreign header
+        raise InputError(f"{label}: not a readable .npy array ({error})") from None
+    if dtype.hasobject:
+        raise InputError(f"{label} holds Python objects, not numbers")
+    if any(n < 0 for n in shape):
+        raise InputError(f"{label}: its header declares the shape {shape}, with a negative length")
+    return shape, fortran_order, dtype, prod(shape) * dtype.itemsize
+
+
+def _check_size(label, shape, dtype, nbytes, available, exact=False):
+    """InputError unless the ``nbytes`` a header declares fit in (or, ``exact``, are) the ``available`` bytes."""
+    if nbytes > available or (exact and nbytes != available):
+        raise InputError(f"{label}: its header declares a {shape} {dtype} array ({nbytes:,} bytes), but "
+                         f"{available:,} bytes follow the header (a truncated or damaged file)")
+
+
+def _map(f, label, end):
+    """Map the .npy data at the position of the file ``f``, whose bytes end at offset ``end``."""
+    shape, fortran_order, dtype, nbytes = _read_header(f, label)
+    offset = f.tell()
+    _check_size(label, shape, dtype, nbytes, end - offset)
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+
+
+def _npz_member(f, path, key):
+    try:
+        archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise InputError(f"{path}: not a readable .npz file ({error})") from None
     with archive:
         names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
         if key is None:
@@ -63,31 +129,46 @@ def _npz_member(path, key):
         if key not in names:
             raise InputError(f"{path} has no array {key!r}; it holds: {', '.join(names) or 'none'}")
         info = archive.getinfo(key + ".npy")
-        if info.compress_type != zipfile.ZIP_STORED:
-            with archive.open(info) as member:
-                return np.lib.format.read_array(member)
-    return _mapped_member(path, info)
+        label = f"{path}:{key}"
+        if info.compress_type == zipfile.ZIP_STORED:
+            return _mapped_member(f, info, label)
+        if info.compress_type != zipfile.ZIP_DEFLATED:
+            raise InputError(f"{label} uses zip compression method {info.compress_type}; nbce reads "
+                             "NumPy's own: stored (np.savez) or deflated (np.savez_compressed)")
+        try:
+            return _inflate(archive, info, label)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # damaged data, a bad CRC
+            raise InputError(f"{label}: a damaged .npz member ({error})") from None
 
 
-def _mapped_member(path, info):
-    """Map an uncompressed member: its bytes are a .npy file inside the zip file."""
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(_LOCAL_HEADER)
-        name_length = int.from_bytes(header[26:28], "little")
-        extra_length = int.from_bytes(header[28:30], "little")
-        start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
-        f.seek(start)
-        version = npy_format.read_magic(f)
-        read_header = {(1, 0): npy_format.read_array_header_1_0,
-                       (2, 0): npy_format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise InputError(f"{path}:{info.filename[:-4]} uses .npy format {version}, which nbce cannot map")
-        shape, fortran_order, dtype = read_header(f)
-        offset = f.tell()
-    if dtype.hasobject:
-        raise InputError(f"{path}:{info.filename[:-4]} holds Python objects, not numbers")
-    if 0 in shape:
-        return np.empty(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                     order="F" if fortran_order else "C")
+def _mapped_member(f, info, label):
+    """Map an uncompressed member: its bytes are a .npy file inside the zip file ``f``."""
+    f.seek(info.header_offset)
+    header = f.read(_LOCAL_HEADER)
+    if len(header) < _LOCAL_HEADER or not header.startswith(_ZIP_MAGIC):
+        raise InputError(f"{label}: a damaged .npz member (no local header at byte {info.header_offset})")
+    name_length = int.from_bytes(header[26:28], "little")
+    extra_length = int.from_bytes(header[28:30], "little")
+    start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
+    f.seek(start)
+    return _map(f, label, min(start + info.file_size, os.fstat(f.fileno()).st_size))
+
+
+def _inflate(archive, info, label):
+    """Read a deflated member into memory, ``_INFLATE_STEP`` bytes at a time, after
+    checking its header's size against the member's and ``MAX_INFLATED_BYTES``."""
+    with archive.open(info) as member:
+        shape, fortran_order, dtype, nbytes = _read_header(member, label)
+        # exactly: the last read then reaches the member's end, where zipfile checks the CRC
+        _check_size(label, shape, dtype, nbytes, info.file_size - member.tell(), exact=True)
+        if nbytes > MAX_INFLATED_BYTES:
+            raise InputError(f"{label} inflates to {nbytes:,} bytes, over nbce's limit of {MAX_INFLATED_BYTES:,} "
+                             "for compressed arrays: store it uncompressed (np.save or np.savez), "
+                             "which nbce memory-maps")
+        array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
+        data = array.reshape(-1, order="A").view(np.uint8)
+        for start in range(0, nbytes, _INFLATE_STEP):
+            step = data[start:start + _INFLATE_STEP]
+            if member.readinto(step) != step.size:
+                raise InputError(f"{label}: a damaged .npz member (its data end early)")
+    return array

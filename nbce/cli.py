@@ -6,8 +6,10 @@
     nbce bench [--rows N] [--classes V]
 
 Bad input (a missing or non-NumPy file, mismatched lengths, a wrong dtype,
-an out-of-range target) prints one line on stderr and exits with status 2;
-Ctrl-C exits with status 130.
+an out-of-range target, a damaged or truncated file) prints one line on
+stderr and exits with status 2; Ctrl-C exits with status 130.  NumPy and
+Numba are imported inside ``main``, so that Ctrl-C during start-up is
+handled too.
 """
 
 import argparse
@@ -17,8 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -81,14 +81,16 @@ def _parser():
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    name = "nbce"
     try:
+        args = _parser().parse_args(argv)
+        name = f"nbce {args.command}"
         return {"score": _score, "demo": _demo, "bench": _bench}[args.command](args)
     except _Fail as failure:
-        print(f"nbce {args.command}: error: {failure}", file=sys.stderr)
+        print(f"{name}: error: {failure}", file=sys.stderr)
         return failure.code
     except KeyboardInterrupt:
-        print(f"nbce {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -170,6 +172,8 @@ def _demo(args):
 
 def _check_sample(logits, targets, args, sample_rows=256):
     """Score a sample of rows with nbce and with NumPy float64; fail loudly if they disagree."""
+    import numpy as np
+
     import nbce
 
     from . import _demo

@@ -17,6 +17,7 @@ not depend on how the data were chunked, nor on the order of ``merge``.
 
 import itertools
 import math
+import threading
 from dataclasses import dataclass, field
 from math import prod
 
@@ -26,7 +27,7 @@ from . import _checks
 from ._arrays import normalize_axis
 from ._chunks import Chunk, default_chunk_rows, row_chunks
 from ._dispatch import gpu_available, is_cuda_array
-from ._exact import accumulators, merge_into, value
+from ._exact import accumulators, export, merge_into, ratio, restore, total
 from ._progress import Progress
 from ._tally import (
     BIN_CONFIDENCE,
@@ -48,6 +49,12 @@ from .api import _scores
 __all__ = ["EvalResult", "Evaluator", "evaluate"]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# Each calibration bin holds three exact sums of ~35 kB each: 10,000 bins would
+# ask for 1 GB.  ECE is read at 10 to 100 bins.
+MAX_CALIBRATION_BINS = 1000
+# Ranks, top-k values and class indices are int64 in the kernels.
+_INT64 = np.iinfo(np.int64)
 
 
 @dataclass(frozen=True)
@@ -100,25 +107,26 @@ def _top_k_values(top_k):
     for k in values:
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"top_k must be positive integers, got {top_k!r}")
-        if k < 1:
-            raise ValueError(f"top_k must be positive integers, got {top_k!r}")
+        if not 1 <= k <= _INT64.max:
+            raise ValueError(f"top_k must be positive integers below 2**63, got {top_k!r}")
     if not values:
         raise ValueError("top_k must name at least one k")
     return tuple(sorted({int(k) for k in values}))
 
 
-def _positive_int(value, name):
+def _positive_int(value, name, at_most=_INT64.max):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 1 <= value <= at_most:
+        raise ValueError(f"{name} must be a positive integer up to {at_most}, got {value!r}")
     return int(value)
 
 
-def _ratio(numerator, denominator):
-    if denominator == 0.0:
-        return math.nan
-    return numerator / denominator
+def _ignore_index(value):
+    value = _checks.check_ignore_index(value)
+    if not _INT64.min <= value <= _INT64.max:
+        raise ValueError(f"ignore_index must fit in int64 (class indices are compared as int64), got {value!r}")
+    return value
 
 
 class Evaluator:
@@ -131,45 +139,49 @@ class Evaluator:
     axis : int, the class axis of the logits
     calibration_bins : int, equal-width confidence bins of the ECE
 
-    The state is a few hundred float64 partial sums and four integer counts:
-    it pickles, and ``merge`` is exact, so evaluations of parts of a data set
-    (other processes, other machines) combine into exactly the evaluation of
-    the whole.
+    The state is a few hundred exact sums (see ``nbce._exact``) and four
+    integer counts: it pickles, and ``merge`` is exact, so evaluations of parts
+    of a data set (other processes, other machines) combine into exactly the
+    evaluation of the whole.  ``calibration_bins`` is at most
+    ``MAX_CALIBRATION_BINS`` (each bin holds ~100 kB of sums).
+
+    Threads may share an Evaluator: ``update`` scores its chunk outside the
+    lock (the kernels run in parallel) and adds the per-row figures to the
+    sums under it; ``merge``, ``compute``, ``reset`` and pickling take it too.
     """
 
     def __init__(self, *, top_k=(1, 5), ignore_index=-100, axis=-1, calibration_bins=15):
         self.top_k = _top_k_values(top_k)
-        self.ignore_index = _checks.check_ignore_index(ignore_index)
+        self.ignore_index = _ignore_index(ignore_index)
         if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"axis must be an integer, got {axis!r}")
         self.axis = int(axis)
-        self.calibration_bins = _positive_int(calibration_bins, "calibration_bins")
+        self.calibration_bins = _positive_int(calibration_bins, "calibration_bins", MAX_CALIBRATION_BINS)
         self._layout = Layout(len(self.top_k), self.calibration_bins)
         self._top_k_array = np.array(self.top_k, dtype=np.int64)
         self._edges = calibration_edges(self.calibration_bins)
+        self._lock = threading.Lock()
         self.reset()
 
     def reset(self):
         """Forget every update."""
-        self._sums = accumulators(self._layout.size)
-        self._counts = np.zeros(N_COUNTS, dtype=np.int64)
+        sums, counts = accumulators(self._layout.size), np.zeros(N_COUNTS, dtype=np.int64)
+        with self._lock:
+            self._sums, self._counts = sums, counts
         return self
 
+    def _snapshot(self):
+        """A copy of (sums, counts), taken under the lock: consistent while other threads update."""
+        with self._lock:
+            return tuple(array.copy() for array in self._sums), self._counts.copy()
+
     def __getstate__(self):
-        # The bins of the exact sums are almost all zero: ship the others only
-        # (a state of ~1 MB in memory pickles to a few kB).
-        bins, pending, special = self._sums
-        occupied = np.flatnonzero(bins)
-        return {"options": self.options(), "occupied": occupied,
-                "values": bins.reshape(-1)[occupied], "pending": pending, "special": special,
-                "counts": self._counts}
+        sums, counts = self._snapshot()
+        return {"options": self.options(), **export(*sums), "counts": counts}
 
     def __setstate__(self, state):
-        self.__init__(**state["options"])
-        bins, pending, special = self._sums
-        bins.reshape(-1)[state["occupied"]] = state["values"]
-        pending[:] = state["pending"]
-        special[:] = state["special"]
+        self.__init__(**state["options"])  # checks the options, bounds included
+        restore(*self._sums, state)
         self._counts[:] = state["counts"]
 
     def options(self):
@@ -202,43 +214,52 @@ class Evaluator:
 
     def _tally(self, per_row, weights):
         loss, rank, entropy, confidence = per_row
-        tally(loss, rank, entropy, confidence, weights, self._top_k_array, self._edges, *self._sums,
-              self._counts)
+        with self._lock:  # the kernel runs without the GIL: one writer at a time
+            tally(loss, rank, entropy, confidence, weights, self._top_k_array, self._edges, *self._sums,
+                  self._counts)
 
     def merge(self, other):
-        """Add ``other``'s evaluation to this one, exactly; returns ``self``."""
+        """Add ``other``'s evaluation to this one, exactly; returns ``self``.
+
+        Both must have the same options (``top_k``, ``calibration_bins``,
+        ``ignore_index``, ``axis``): ValueError naming the difference otherwise.
+        """
         if not isinstance(other, Evaluator):
             raise TypeError(f"can only merge another Evaluator, got {type(other).__name__}")
-        if (other.top_k, other.calibration_bins) != (self.top_k, self.calibration_bins):
-            raise ValueError(
-                f"cannot merge evaluators with different metrics: top_k {other.top_k} and "
-                f"calibration_bins {other.calibration_bins} vs top_k {self.top_k} and "
-                f"calibration_bins {self.calibration_bins}"
-            )
-        merge_into(*self._sums, *other._sums)
-        self._counts += other._counts
+        differences = [f"{name} {theirs!r} vs {mine!r}" for (name, mine), theirs
+                       in zip(self.options().items(), other.options().values()) if mine != theirs]
+        if differences:
+            raise ValueError(f"cannot merge evaluators with different metrics: {', '.join(differences)}")
+        # A copy of the other's state, then added under our lock: never two
+        # locks at once (no deadlock when two threads merge a into b and b
+        # into a, nor for a.merge(a)); merge_into may carry the copy's bins.
+        sums, counts = other._snapshot()
+        with self._lock:
+            merge_into(*self._sums, *sums)
+            self._counts += counts
         return self
 
-    def _sum(self, index):
-        return value(*self._sums, index)
-
     def compute(self):
-        """The metrics so far, as an ``EvalResult``."""
+        """The metrics so far, as an ``EvalResult``; each figure a ratio of exact
+        sums rounded once, also when a sum exceeds float64's range."""
+        sums, counts = self._snapshot()
+        exact = [total(*sums, i) for i in range(self._layout.size)]
         layout = self._layout
-        counts = self._counts
-        total_weight = self._sum(WEIGHT)
-        loss = _ratio(self._sum(LOSS), total_weight)
+        total_weight = exact[WEIGHT]
+        loss = ratio(exact[LOSS], total_weight)
         undefined = counts[UNDEFINED] > 0
         accuracy = {
-            k: math.nan if undefined else _ratio(self._sum(layout.top_k(i)), total_weight)
+            k: math.nan if undefined else ratio(exact[layout.top_k(i)], total_weight)
             for i, k in enumerate(self.top_k)
         }
         if undefined or counts[UNCALIBRATED] > 0:
             ece = math.nan
         else:
-            gaps = (abs(self._sum(layout.bin(b, BIN_CORRECT)) - self._sum(layout.bin(b, BIN_CONFIDENCE)))
-                    for b in range(self.calibration_bins))
-            ece = _ratio(math.fsum(gaps), total_weight)
+            gaps = [(exact[layout.bin(b, BIN_CORRECT)], exact[layout.bin(b, BIN_CONFIDENCE)])
+                    for b in range(self.calibration_bins)]
+            # sum_b |correct_b - confidence_b|, exactly: integers on one scale
+            gap_sum = (sum(abs(c[0] - p[0]) for c, p in gaps), sum(abs(c[1] - p[1]) for c, p in gaps))
+            ece = ratio(gap_sum, total_weight)
         with np.errstate(over="ignore"):
             perplexity = float(np.exp(loss))
         return EvalResult(
@@ -246,7 +267,7 @@ class Evaluator:
             perplexity=perplexity,
             bits_per_token=loss / math.log(2),
             accuracy=accuracy,
-            entropy=_ratio(self._sum(ENTROPY), total_weight),
+            entropy=ratio(exact[ENTROPY], total_weight),
             ece=ece,
             count=int(counts[ROWS]),
             ignored=int(counts[IGNORED]),

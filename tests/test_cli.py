@@ -1,5 +1,6 @@
 """The ``nbce`` command line: score, demo, bench, and its handling of bad input."""
 
+import io
 import json
 import math
 import os
@@ -7,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nbce
-from nbce import cli
+from nbce import _files, cli
 from nbce._files import open_array
 from conftest import make_logits
 
@@ -176,3 +180,186 @@ def test_sample_check_treats_nan_on_both_sides_as_agreement():
 def test_bench_prints_a_table(capsys):
     code, out, _ = run(capsys, "bench", "--rows", "64", "--classes", "100")
     assert code == 0 and "nbce.evaluate (all metrics)" in out and "numpy" in out
+
+
+def _score_in_a_process(*argv, timeout=120, **kwargs):
+    """``nbce score ARGV`` in a fresh process: (status, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "nbce", "score", *map(str, argv), "--no-progress"],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _assert_one_line_status_2(status, out, err, message):
+    assert status == 2, (status, err)
+    assert message in err and err.count("\n") == 1 and err.startswith("nbce score: error: "), err
+    assert out == ""
+
+
+def _npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _patch_sizes(path, uncompressed_size):
+    """Overwrite a one-member zip's uncompressed size (local header and central directory)."""
+    data = bytearray(path.read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    data[local + 22:local + 26] = data[central + 24:central + 28] = uncompressed_size.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def _damaged_archives(tmp_path, x):
+    """(file argument, expected words) for .npz archives that cannot be read."""
+    cases = []
+    np.savez(tmp_path / "stored.npz", x=x)
+    np.savez_compressed(tmp_path / "packed.npz", x=x)
+    stored, packed = (tmp_path / "stored.npz").read_bytes(), (tmp_path / "packed.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(stored[:len(stored) // 2])
+    cases.append(("truncated.npz:x", "not a readable .npz file"))
+    corrupt = bytearray(packed)
+    corrupt[len(corrupt) // 2:len(corrupt) // 2 + 10] = b"\xff" * 10  # inside the compressed data
+    (tmp_path / "corrupt.npz").write_bytes(bytes(corrupt))
+    cases.append(("corrupt.npz:x", "a damaged .npz member"))
+    bad_crc = bytearray(packed)
+    central = bad_crc.index(b"PK\x01\x02")
+    bad_crc[central + 16] ^= 0xFF  # the CRC-32 that the central directory records
+    (tmp_path / "crc.npz").write_bytes(bytes(bad_crc))
+    cases.append(("crc.npz:x", "CRC"))
+    for name, compression in (("foreign.npz", zipfile.ZIP_STORED), ("foreign_packed.npz", zipfile.ZIP_DEFLATED)):
+        with zipfile.ZipFile(tmp_path / name, "w", compression) as archive:
+            archive.writestr("x.npy", b"not a NumPy array at all")
+        cases.append((f"{name}:x", "not a readable .npy array"))
+    with zipfile.ZipFile(tmp_path / "bzip2.npz", "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("x.npy", _npy_bytes(x))
+    cases.append(("bzip2.npz:x", "uses zip compression method 12"))
+    np.savez_compressed(tmp_path / "objects.npz", x=np.array([1, "a"], dtype=object))
+    cases.append(("objects.npz:x", "holds Python objects"))
+    with zipfile.ZipFile(tmp_path / "short.npz", "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x.npy", _npy_bytes(x)[:-40])
+    cases.append(("short.npz:x", "bytes follow the header"))
+    with zipfile.ZipFile(tmp_path / "short_packed.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", _npy_bytes(x)[:-40])
+    cases.append(("short_packed.npz:x", "bytes follow the header"))
+    return cases
+
+
+def test_damaged_archives_are_one_line_and_status_2(files, tmp_path):
+    folder, x, _ = files
+    for argument, message in _damaged_archives(tmp_path, x):
+        _assert_one_line_status_2(*_score_in_a_process(tmp_path / argument, folder / "targets.npy"), message)
+
+
+def _absurd_header(path, shape):
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".ljust(117) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(64))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and symlinks")
+def test_odd_paths_are_one_line_and_status_2(files, tmp_path):
+    folder = files[0]
+    targets = folder / "targets.npy"
+    os.mkfifo(tmp_path / "fifo.npy")  # opening it for reading would wait for a writer forever
+    os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
+    _absurd_header(tmp_path / "absurd.npy", (2**62, 2**62))
+    _absurd_header(tmp_path / "negative.npy", (-3, 5))
+    for argument, message in [(tmp_path / "fifo.npy", "not a regular file"),
+                              (tmp_path / "loop.npy", "cannot open (Too many levels of symbolic links)"),
+                              (f"{folder / 'logits.npy'}:logits", "a .npy file holds one array; drop ':logits'"),
+                              (tmp_path / "absurd.npy", "its header declares a (4611686018427387904, "),
+                              (tmp_path / "negative.npy", "its header declares the shape (-3, 5), with a negative"),
+                              (folder, "is a directory")]:
+        _assert_one_line_status_2(*_score_in_a_process(argument, targets, timeout=60), message)
+
+
+def test_options_beyond_their_bounds_are_one_line_and_status_2(files):
+    folder = files[0]
+    logits, targets = folder / "logits.npy", folder / "targets.npy"
+    for option, value, message in [("--top-k", 2**63, "top_k must be positive integers below 2**63"),
+                                   ("--top-k", f"1,{2**64}", "top_k"),
+                                   ("--calibration-bins", 10**7, "calibration_bins must be a positive integer up to"),
+                                   ("--ignore-index", 2**64 + 5, "ignore_index must fit in int64"),
+                                   ("--ignore-index", -2**70, "ignore_index must fit in int64")]:
+        _assert_one_line_status_2(*_score_in_a_process(logits, targets, option, value), message)
+
+
+def test_one_row_of_logits_with_a_scalar_target(tmp_path, capsys):
+    np.save(tmp_path / "row.npy", np.array([0.5, 2.0, -1.0], np.float32))
+    np.save(tmp_path / "target.npy", np.array(1))
+    code, out, err = run(capsys, "score", tmp_path / "row.npy", tmp_path / "target.npy", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["count"] == 1 and data["accuracy"]["1"] == 1.0
+
+
+def test_a_decompression_bomb_is_refused_before_inflating(files, tmp_path):
+    # A member whose header and zip entry both say 3 GB, though 1 MB of zeros
+    # is all it holds: refused from the sizes alone, nothing inflated.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (3 * 2**30,)})
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(2**20))
+    _patch_sizes(tmp_path / "bomb.npz", len(header.getvalue()) + 3 * 2**30)
+    status, out, err = _score_in_a_process(tmp_path / "bomb.npz", files[0] / "targets.npy")
+    _assert_one_line_status_2(status, out, err, "inflates to 3,221,225,472 bytes, over nbce's limit")
+
+
+def test_compressed_members_inflate_within_their_size(tmp_path, monkeypatch):
+    zeros = np.zeros(2**23, np.uint8)  # 8 MiB of zeros: 8 kB compressed
+    np.savez_compressed(tmp_path / "zeros.npz", x=zeros)
+    tracemalloc.start()
+    try:
+        array = open_array(f"{tmp_path / 'zeros.npz'}:x")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(array, zeros) and peak < zeros.nbytes + 4 * _files._INFLATE_STEP
+    monkeypatch.setattr(_files, "MAX_INFLATED_BYTES", 2**22)
+    with pytest.raises(_files.InputError, match="inflates to 8,388,608 bytes, over nbce's limit of 4,194,304"):
+        open_array(f"{tmp_path / 'zeros.npz'}:x")
+
+
+def _wait_until_mapped(child, path):
+    maps = Path(f"/proc/{child.pid}/maps")
+    while str(path) not in maps.read_text():
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches /proc/PID/maps")
+@pytest.mark.parametrize("victim", ["logits.npy", "targets.npy", "stored.npz"])
+def test_a_file_truncated_while_scored_is_one_line_and_status_2(tmp_path, victim):
+    # 300,000 one-row chunks: many seconds of scoring, so the truncation lands mid-run
+    x, t = np.zeros((300_000, 4), np.float16), np.zeros(300_000, np.int64)
+    np.save(tmp_path / "logits.npy", x)
+    np.save(tmp_path / "targets.npy", t)
+    np.savez(tmp_path / "stored.npz", x=x)
+    logits = f"{tmp_path / 'stored.npz'}:x" if victim == "stored.npz" else tmp_path / "logits.npy"
+    child = subprocess.Popen([sys.executable, "-m", "nbce", "score", str(logits), str(tmp_path / "targets.npy"),
+                              "--chunk-rows", "1", "--no-progress"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    _wait_until_mapped(child, tmp_path / victim)
+    os.truncate(tmp_path / victim, 4096)  # before the map's end, wherever the scoring has got to
+    out, err = child.communicate(timeout=120)
+    _assert_one_line_status_2(child.returncode, out, err, "before the array's end (truncated while being read?)")
+
+
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(files, tmp_path):
+    # Ctrl-C while Numba loads: a stand-in numba module raises it as it is imported
+    (tmp_path / "stand_in").mkdir()
+    (tmp_path / "stand_in" / "numba.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "stand_in"), os.environ.get("PYTHONPATH", ""),
+                                                         os.path.dirname(os.path.dirname(nbce.__file__))])}
+    folder = files[0]
+    status, out, err = _score_in_a_process(folder / "logits.npy", folder / "targets.npy", env=env)
+    assert status == 130 and err == "nbce score: interrupted\n" and out == ""
+
+
+def test_the_package_loads_numba_on_first_use_and_each_module_imports_first():
+    # ``import nbce`` stays light, so that the command handles Ctrl-C while Numba loads
+    modules = sorted(p.stem for p in Path(nbce.__file__).parent.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    code = ("import sys, nbce, nbce.cli; assert 'numba' not in sys.modules; "
+            "assert nbce.evaluate is nbce.evaluation.evaluate and 'numba' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for module in modules:  # no import circle shows, whichever module comes first
+        subprocess.run([sys.executable, "-c", f"import nbce.{module}"], check=True, capture_output=True)

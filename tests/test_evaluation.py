@@ -3,6 +3,10 @@
 import json
 import math
 import pickle
+import subprocess
+import sys
+import threading
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -103,6 +107,36 @@ def test_memory_mapped_file_matches_in_memory(tmp_path, rng):
     assert_matches(result, ref.evaluation(x, t), "float16")
 
 
+@pytest.mark.parametrize("axis,order", [(-1, "C"), (0, "C"), (-1, "F")])
+def test_mapped_files_in_every_layout_match_in_memory(tmp_path, rng, axis, order):
+    # C-order rows are read with pread; class axis first and Fortran order go through the mapping
+    x = np.asarray(make_logits(rng, (300, 9), "float32"), order=order)
+    x = x.T.copy(order=order) if axis == 0 else x
+    t = targets_for(rng, x.shape, axis)
+    np.save(tmp_path / "logits.npy", x)
+    np.save(tmp_path / "targets.npy", t)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r"), np.load(tmp_path / "targets.npy", mmap_mode="r")
+    assert nbce.evaluate(*mapped, axis=axis, chunk_rows=7) == nbce.evaluate(x, t, axis=axis, chunk_rows=7)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_a_mapped_file_truncated_before_scoring_raises(tmp_path, rng, axis):
+    # in a child process: should the check fail, touching the lost pages kills the process (SIGBUS)
+    np.save(tmp_path / "logits.npy", make_logits(rng, (400, 9) if axis == -1 else (9, 400), "float32"))
+    script = f"""
+import os, numpy as np, nbce
+mapped = np.load("logits.npy", mmap_mode="r")
+os.truncate("logits.npy", 2048)
+try:
+    nbce.evaluate(mapped, np.zeros(400, np.int64), axis={axis}, chunk_rows=50)
+except ValueError as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "logits.npy: the file ends at byte 2,048, before the array's end" in done.stdout
+
+
 def test_all_equal_logits_tie_in_the_targets_favour():
     x = np.zeros((6, 4), np.float32)
     result = nbce.evaluate(x, np.array([0, 1, 2, 3, 0, 1]), top_k=(1, 2))
@@ -178,6 +212,16 @@ def test_bad_target_names_its_position_in_the_whole_array(rng):
     (lambda x, t: nbce.evaluate(x.astype(np.int32), t), TypeError, "floating-point"),
     (lambda x, t: nbce.evaluate([(x, t, None, None)]), TypeError, "iterable"),
     (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(top_k=3)), ValueError, "different metrics"),
+    (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(ignore_index=0)), ValueError, "ignore_index 0 vs -100"),
+    (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(axis=0)), ValueError, "axis 0 vs -1"),
+    (lambda x, t: nbce.Evaluator().merge(nbce.Evaluator(calibration_bins=4)), ValueError, "calibration_bins 4"),
+    (lambda x, t: nbce.evaluate(x, t, ignore_index=2**63), ValueError, "ignore_index must fit in int64"),
+    (lambda x, t: nbce.evaluate(x, t, ignore_index=-2**63 - 1), ValueError, "ignore_index must fit in int64"),
+    (lambda x, t: nbce.Evaluator(ignore_index=2**64 - 1), ValueError, "ignore_index must fit in int64"),
+    (lambda x, t: nbce.evaluate(x, t, top_k=2**63), ValueError, "top_k"),
+    (lambda x, t: nbce.evaluate(x, t, top_k=(1, 2**70)), ValueError, "top_k"),
+    (lambda x, t: nbce.evaluate(x, t, calibration_bins=10**7), ValueError, "calibration_bins"),
+    (lambda x, t: nbce.evaluate(x, t, chunk_rows=2**64), ValueError, "chunk_rows"),
     (lambda x, t: nbce.Evaluator().merge(object()), TypeError, "Evaluator"),
 ])
 def test_bad_input_raises_clearly(call, error, match, rng):
@@ -203,6 +247,119 @@ def test_evaluator_pickles_and_keeps_its_state(rng):
     assert clone.compute() == evaluator.compute()
     assert "30 rows" in repr(clone)
     assert evaluator.reset().compute().count == 0
+
+
+def test_largest_options_work(rng):
+    x = make_logits(rng, (10, 4), "float32")
+    t = rng.integers(0, 4, 10)
+    result = nbce.evaluate(x, t, top_k=(1, 2**63 - 1), calibration_bins=nbce.evaluation.MAX_CALIBRATION_BINS,
+                           ignore_index=2**63 - 1)
+    assert result.accuracy[2**63 - 1] == 1.0 and result.count == 10
+
+
+def test_unpickling_checks_the_options(rng):
+    state = nbce.Evaluator().__getstate__()
+    state["options"]["calibration_bins"] = 10**7
+    clone = nbce.Evaluator.__new__(nbce.Evaluator)
+    with pytest.raises(ValueError, match="calibration_bins"):
+        clone.__setstate__(state)
+
+
+def test_evaluator_pickled_in_the_older_bin_layout_loads(rng):
+    # before the bins reached below float64's exponents: 2112 bins, bin e of weight 2**(e - 1075)
+    old = {"options": nbce.Evaluator().options(), "occupied": np.array([1023, 2112 + 1024]),
+           "values": np.array([3, 5]), "pending": np.zeros(50, np.int64), "special": np.zeros(50),
+           "counts": np.array([2, 0, 0, 0])}
+    clone = nbce.Evaluator.__new__(nbce.Evaluator)
+    clone.__setstate__(old)
+    sums, _ = clone._snapshot()
+    assert nbce._exact.value(*sums, 0) == 3 * 2.0**-52 and nbce._exact.value(*sums, 1) == 10 * 2.0**-52
+
+
+def test_one_dimensional_logits_are_one_row(rng):
+    x = make_logits(rng, (7,), "float32")
+    assert nbce.evaluate(x, np.array(3)) == nbce.Evaluator().update(x, np.array(3)).compute()
+    assert nbce.evaluate(x, np.array(3)).count == 1
+    assert nbce.evaluate(x, np.array(-100)).ignored == 1
+
+
+def _fraction_reference(x, t, w):
+    """(loss, top-1 accuracy) as exact fractions of the per-row float64 losses and the weights."""
+    losses = nbce.cross_entropy(x, t, reduction="none")
+    hits = np.argmax(x, axis=1) == t
+    total = sum(map(Fraction, w.tolist()))
+    loss = sum(Fraction(a) * Fraction(b) for a, b in zip(w.tolist(), losses.tolist())) / total
+    return float(loss), float(sum(Fraction(a) for a, hit in zip(w.tolist(), hits) if hit) / total)
+
+
+@pytest.mark.parametrize("weights", [
+    [1e306, 1e306, 0.0, 1e306],
+    [1.7976931348623157e308] * 4,  # float64's largest: sums and products overflow float64
+    [5e-324, 5e-324, 1e-320, 2.2e-308],  # subnormal: products fall below float64
+    [1.7976931348623157e308, 5e-324, 1.0, 3e200],
+])
+def test_huge_and_tiny_weights_give_exact_ratios(weights, rng):
+    x = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [5.0, -3.0, 0.5], [0.1, 0.2, 0.3]])
+    t = np.array([0, 0, 0, 1])
+    w = np.array(weights)
+    result = nbce.evaluate(x, t, weight=w, top_k=(1, 5), chunk_rows=1)
+    loss, top1 = _fraction_reference(x, t, w)
+    assert result.loss == loss and result.accuracy == {1: top1, 5: 1.0}
+    assert math.isfinite(result.entropy) and 0.0 <= result.ece <= 1.0
+
+
+def test_weights_of_1e306_from_the_issue():
+    x = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    result = nbce.evaluate(x, np.array([0, 0]), weight=np.array([1e306, 1e306]))
+    assert result.accuracy == {1: 0.5, 5: 1.0}
+
+
+def _in_threads(work, n_threads=4):
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_threads_sharing_an_evaluator_lose_nothing(rng):
+    x = make_logits(rng, (20_000, 4), "float32")
+    t = rng.integers(0, 4, 20_000)
+    shared = nbce.Evaluator()
+    other = nbce.Evaluator().update(x, t)
+
+    def work(i):
+        for _ in range(10):
+            shared.update(x, t)
+            if i == 0:
+                shared.merge(other)
+
+    _in_threads(work)
+    expected = nbce.Evaluator()
+    for _ in range(50):
+        expected.merge(other)
+    assert shared.compute() == expected.compute()
+    assert shared.compute().count == 50 * 20_000
+
+
+def test_concurrent_tallies_lose_nothing(rng):
+    # The tally runs without the GIL: unlocked, threads adding to the same
+    # bins at once lose additions.  Per-row figures straight to the tally,
+    # so that the threads spend their time there.
+    n = 1_000_000
+    per_row = (rng.uniform(0, 5, n), rng.integers(0, 10, n), rng.uniform(0, 3, n), rng.uniform(0, 1, n))
+    shared, alone = nbce.Evaluator(), nbce.Evaluator()
+    alone._tally(per_row, np.empty(0))
+
+    def work(i):
+        for _ in range(5):
+            shared._tally(per_row, np.empty(0))
+
+    _in_threads(work)
+    expected = nbce.Evaluator()
+    for _ in range(20):
+        expected.merge(alone)
+    assert shared.compute() == expected.compute()
 
 
 def test_progress_goes_to_stderr(rng, capsys, monkeypatch):

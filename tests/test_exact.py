@@ -4,6 +4,7 @@ import math
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from numba import njit
@@ -66,3 +67,31 @@ def test_non_finite_values_are_summed_apart():
     assert _exact.value(*total([1.0, math.inf, 2.0]), 0) == math.inf
     assert math.isnan(_exact.value(*total([math.inf, -math.inf]), 0))
     assert math.isnan(_exact.value(*total([1.0, math.nan]), 0))
+
+
+@given(st.lists(st.tuples(finite, finite), max_size=40))
+def test_weighted_sum_is_exact_over_the_whole_float64_range(pairs):
+    # products beyond float64's largest value or below its subnormals are added exactly too
+    weights, values = zip(*pairs) if pairs else ((), ())
+    expected = rounded(sum(Fraction(w) * Fraction(v) for w, v in pairs))
+    assert _exact.value(*total(values, weights), 0) == expected
+
+
+@pytest.mark.parametrize("weights,values", [
+    ([1.7e308, 1.7e308], [1.5, 2.5]),  # products overflow float64
+    ([5e-324, 1e-320], [1.5, 0.3]),  # products fall below the subnormals
+    ([1e300, 1e-300], [1e300, 1e-300]),
+])
+def test_ratios_of_sums_beyond_float64_are_correctly_rounded(weights, values):
+    sums = _exact.accumulators(2)
+    _add_all(sums[0][:1], sums[1][:1], sums[2][:1], np.array(values), np.array(weights))
+    _add_all(sums[0][1:], sums[1][1:], sums[2][1:], np.array(weights), np.array([]))
+    numerator, denominator = (_exact.total(*sums, i) for i in range(2))
+    expected = sum(Fraction(w) * Fraction(v) for w, v in zip(weights, values)) / sum(map(Fraction, weights))
+    assert _exact.ratio(numerator, denominator) == float(expected)
+
+
+def test_ratio_of_non_finite_or_empty_sums():
+    assert math.isnan(_exact.ratio((0, 0.0), (0, 0.0)))
+    assert _exact.ratio((0, math.inf), (1 << _exact._SHIFT, 0.0)) == math.inf
+    assert math.isnan(_exact.ratio((0, math.inf), (0, math.inf)))
