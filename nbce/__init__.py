@@ -3,7 +3,15 @@
 The public API lives in :mod:`nbce.api` and is re-exported here.
 """
 
-from .api import (
+__version__ = "0.1.0"
+
+# Before any kernel runs: Numba picks its threading layer at the first
+# parallel compilation.
+from . import _threads
+
+_threads.configure()
+
+from .api import (  # noqa: E402
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -12,9 +20,7 @@ from .api import (
     logsumexp,
     softmax,
 )
-from .evaluation import EvalResult, Evaluator, evaluate
-
-__version__ = "0.1.0"
+from .evaluation import EvalResult, Evaluator, evaluate  # noqa: E402
 
 __all__ = [
     "EvalResult",

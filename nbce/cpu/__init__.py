@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import as_float_array, as_rows
+from .._threads import launches
 from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "normalize", "class_index_loss",
@@ -24,6 +25,7 @@ def target_dtype(target):
     return np.asarray(target).dtype
 
 
+@launches
 def softmax_stats(rows, with_entropy, stream=None):
     """(logsumexp, entropy) per row."""
     lse = np.empty(rows.n_rows, dtype=np.float64)
@@ -32,6 +34,7 @@ def softmax_stats(rows, with_entropy, stream=None):
     return lse, entropy
 
 
+@launches
 def normalize(rows, exponentiate, dtype, stream=None):
     """log_softmax (or softmax) rows as an (n_rows, length) array of ``dtype``."""
     out = np.empty((rows.n_rows, rows.length), dtype=dtype)
@@ -39,6 +42,7 @@ def normalize(rows, exponentiate, dtype, stream=None):
     return out
 
 
+@launches
 def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=None):
     """(loss, weight of the target class) per row."""
     indices = _checks.class_indices(target, rows.length, ignore_index)
@@ -49,6 +53,7 @@ def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, 
     return loss, target_weight
 
 
+@launches
 def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=None):
     """Loss per row for class-probability targets."""
     loss = np.empty(rows.n_rows, dtype=np.float64)
@@ -57,6 +62,7 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=No
     return loss
 
 
+@launches
 def row_metrics(rows, target, ignore_index, origin=(), stream=None):
     """(loss, rank, entropy, confidence) per row, from one read of each row
     (see ``kernels.metric_rows``); a bad class index raises."""
@@ -91,6 +97,7 @@ def _broadcast_rows(values, shape, name):
     return as_rows(array, -1)
 
 
+@launches
 def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=None):
     """(element-wise loss or None, per-row sums); probabilities outside [0, 1] raise."""
     shape = x.shape if x.ndim else (1,)
