@@ -5,10 +5,12 @@ The public API lives in :mod:`nbce.api` and is re-exported here.
 
 __version__ = "0.1.0"
 
-# Before any kernel runs: Numba picks its threading layer at the first
+# Before any kernel module is imported: Numba picks a function's cache
+# directory when it decorates it, and its threading layer at the first
 # parallel compilation.
-from . import _threads
+from . import _cache, _threads
 
+_cache.install(__version__)
 _threads.configure()
 
 from .api import (  # noqa: E402
