@@ -1,4 +1,15 @@
-"""Compilation settings shared by every CPU kernel (one place, on purpose)."""
+"""Compilation settings shared by every CPU kernel (one place, on purpose).
+
+Importing it also points Numba's cache for nbce's kernels outside the
+package and picks the threading layer: every module with cached or parallel
+kernels imports it first, because Numba fixes a function's cache directory
+when it decorates it and its threading layer at the first parallel launch.
+"""
+
+from . import __version__, _cache, _threads
+
+_cache.install(__version__)
+_threads.configure()
 
 # Fast-math flags for the streaming reductions.  Reassociation lets LLVM split
 # a sum over several vector accumulators and contraction lets it fuse

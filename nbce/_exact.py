@@ -36,6 +36,8 @@ import math
 import numpy as np
 from numba import njit
 
+from . import _config  # noqa: F401  (Numba's cache directory for nbce, before the kernels below are decorated)
+
 
 _MANTISSA_BITS = 52
 # Bins below float64's biased exponent 1: the lower half of a product of two

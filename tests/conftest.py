@@ -51,6 +51,19 @@ def assert_close(actual, expected, dtype):
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=atol)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-install", action="store_true", help="run the slow install/uninstall tests (marker 'install')")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-install"):
+        return
+    skip = pytest.mark.skip(reason="slow install test: run with --run-install")
+    for item in items:
+        if item.get_closest_marker("install"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

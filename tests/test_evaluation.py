@@ -382,7 +382,7 @@ def test_progress_goes_to_stderr(rng, capsys, monkeypatch):
 
 
 def test_matches_torch(rng):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="the PyTorch cross-check needs torch")
     x = make_logits(rng, (256, 100), "float32")
     t = rng.integers(0, 100, 256)
     result = nbce.evaluate(x, t, top_k=(1, 5))

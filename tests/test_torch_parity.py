@@ -6,7 +6,7 @@ import pytest
 import nbce
 from conftest import make_logits
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="the PyTorch cross-checks need torch (a CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 F = torch.nn.functional
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=2e-5, atol=2e-5)}

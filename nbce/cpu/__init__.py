@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import as_float_array, as_rows
+from .._threads import launches
 from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "class_weight",
@@ -25,6 +26,7 @@ def target_dtype(target):
     return np.asarray(target).dtype
 
 
+@launches
 def softmax_stats(rows, with_entropy, stream=None):
     """(logsumexp, entropy) per row."""
     lse = np.empty(rows.n_rows, dtype=np.float64)
@@ -33,6 +35,7 @@ def softmax_stats(rows, with_entropy, stream=None):
     return lse, entropy
 
 
+@launches
 def normalize(rows, exponentiate, dtype, stream=None):
     """log_softmax (or softmax) rows as an (n_rows, length) array of ``dtype``."""
     out = np.empty((rows.n_rows, rows.length), dtype=dtype)
@@ -40,6 +43,7 @@ def normalize(rows, exponentiate, dtype, stream=None):
     return out
 
 
+@launches
 def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=None):
     """(loss, weight of the target class) per row."""
     indices = _checks.class_indices(target, rows.length, ignore_index)
@@ -50,6 +54,7 @@ def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, 
     return loss, target_weight
 
 
+@launches
 def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=None):
     """Loss per row for class-probability targets."""
     loss = np.empty(rows.n_rows, dtype=np.float64)
@@ -58,6 +63,7 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=No
     return loss
 
 
+@launches
 def row_metrics(rows, target, ignore_index, origin=(), stream=None):
     """(loss, rank, entropy, confidence) per row, from one read of each row
     (see ``kernels.metric_rows``); a bad class index raises."""
@@ -99,6 +105,7 @@ def _first_outside_unit_interval(values):
     return tuple(int(i) for i in outside[0]) if outside.size else None
 
 
+@launches
 def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=None):
     """(element-wise loss or None, per-row sums).
 

@@ -1,0 +1,106 @@
+"""Forked workers and concurrent threads on each Numba threading layer.
+
+Every case runs in its own interpreter (the layer is chosen once per process)
+under a timeout, so a hang or a killed process fails the test instead of
+stalling the suite.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nbce import _threads
+
+SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, threading
+    import numpy as np
+    import nbce
+    from nbce import _threads
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 1000)).astype(np.float32)
+    t = rng.integers(0, 1000, 256)
+
+    def score(_=None):
+        return float(nbce.cross_entropy(x, t)), float(nbce.evaluate(x, t).loss)
+
+    expected = score()  # a parallel kernel runs before the fork
+    print("layer", _threads.layer(), flush=True)
+
+    results, errors = [], []
+    def work():
+        try:
+            results.extend(score() for _ in range(40))
+        except BaseException as error:
+            errors.append(repr(error))
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert results == [expected] * 160
+    print("threads ok", flush=True)
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        try:
+            forked = pool.map(score, range(4))
+        except RuntimeError as error:
+            assert str(error) == _threads.FORK_MESSAGE, error
+            print("fork refused", flush=True)
+        else:
+            assert forked == [expected] * 4, forked
+            print("fork ok", flush=True)
+    """
+)
+
+
+def run(layer=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
+    if layer is not None:
+        env["NUMBA_THREADING_LAYER"] = layer
+    try:
+        done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"hung (layer {layer}): {expired.stdout!r} {expired.stderr!r}")
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    # Numba's TBB layer may print that it could not stop its workers before the
+    # fork (threads that just finished are still detaching): benign, ignored.
+    return [line for line in done.stdout.split("\n") if line.startswith(("layer ", "threads ", "fork "))]
+
+
+def omp_available():
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_default_layer_is_fork_and_thread_safe():
+    lines = run()
+    assert lines[0] == "layer " + ("tbb" if _threads.load_tbb() else "workqueue")
+    assert lines[1:3] == ["threads ok", "fork ok"]
+
+
+@pytest.mark.skipif(not _threads.load_tbb(), reason="needs TBB (pip install tbb)")
+def test_tbb_layer():
+    assert run("tbb")[:3] == ["layer tbb", "threads ok", "fork ok"]
+
+
+def test_workqueue_layer_serialises_threads():
+    # Numba's workqueue aborts the process on concurrent launches; nbce's take turns.
+    assert run("workqueue")[:3] == ["layer workqueue", "threads ok", "fork ok"]
+
+
+@pytest.mark.skipif(not omp_available(), reason="Numba's OpenMP layer is not available")
+def test_gnu_openmp_layer_refuses_a_forked_child_clearly():
+    # A user's explicit choice is kept; a child forked after GNU OpenMP started
+    # gets a RuntimeError (returned to the parent by the Pool) instead of SIGTERM.
+    lines = run("omp")
+    assert lines[:2] == ["layer omp", "threads ok"]
+    assert lines[2] == ("fork refused" if _threads._gnu_openmp() else "fork ok")
