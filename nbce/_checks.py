@@ -107,6 +107,24 @@ def raise_bad_binary_target(position, value):
     )
 
 
+def _first_outside_unit_interval(values):
+    """The index of the first element outside [0, 1] (NaN is not), or None."""
+    wide = np.asarray(values, dtype=np.float64)
+    outside = np.argwhere((wide < 0.0) | (wide > 1.0))
+    return tuple(int(i) for i in outside[0]) if outside.size else None
+
+
+def raise_outside_unit_interval(probs, target):
+    """``binary_cross_entropy``'s refusal, on host arrays one of which holds a
+    value outside [0, 1]: the first bad probability, else the first bad target."""
+    position = _first_outside_unit_interval(probs)
+    if position is not None:
+        raise_bad_probability(position, probs[position])
+    position = _first_outside_unit_interval(target)
+    if position is not None:
+        raise_bad_binary_target(position, target[position])
+
+
 def class_indices(target, n_classes, ignore_index, origin=()):
     """Host class indices as a flat int64 array; a value outside [0, C) that is
     not ``ignore_index`` raises ``ValueError`` naming its position and its

@@ -261,3 +261,40 @@ def test_operands_on_another_gpu_are_refused():
     with pytest.raises(ValueError, match="target is on GPU 1 but the logits are on GPU 0"):
         cuda_backend.check_same_device(cuda_backend.device_ordinal(Tensor()), 0, "target")
     cuda_backend.check_same_device(None, 0, "target")  # unknown: Numba device arrays
+
+
+def test_binary_refusals_and_device_weight_broadcasting_match_the_cpu(rng):
+    """Targets outside [0, 1] are refused as on the CPU (probabilities first);
+    device weights broadcast by NumPy's rules, (R, 1) included."""
+    x, y = rng.standard_normal((4, 5)), rng.uniform(0.0, 1.0, (4, 5))
+    for w in (rng.uniform(0, 2, (4, 1)), rng.uniform(0, 2, (5,)), rng.uniform(0, 2, (1, 5)), rng.uniform(0, 2, ())):
+        for keyword in ("weight", "pos_weight"):
+            got = nbce.binary_cross_entropy_with_logits(cuda.to_device(x), cuda.to_device(y), reduction="none",
+                                                        **{keyword: cuda.to_device(w)})
+            close(got, nbce.binary_cross_entropy_with_logits(x, y, reduction="none", **{keyword: w}))
+    with pytest.raises(ValueError, match=r"weight of shape \(3,\) cannot be broadcast"):
+        nbce.binary_cross_entropy_with_logits(cuda.to_device(x), cuda.to_device(y), weight=cuda.to_device(np.ones(3)))
+    p = rng.uniform(0.0, 1.0, (4, 5))
+    bad_target = y.copy()
+    bad_target[2, 3] = 1.5
+    bad_probs = p.copy()
+    bad_probs[3, 0] = -0.5
+    for probs, target, match in ((p, bad_target, r"target\[2, 3\] = 1.5"), (bad_probs, bad_target, r"probs\[3, 0\]")):
+        for a, b in ((probs, target), (cuda.to_device(probs), cuda.to_device(target))):
+            with pytest.raises(ValueError, match=match):
+                nbce.binary_cross_entropy(a, b)
+
+
+def test_infinite_and_nan_rows_match_the_cpu():
+    """Rows holding +inf: logsumexp +inf, the rest NaN (PyTorch's semantics); only -inf: NaN
+    but logsumexp -inf; NaN propagates — the same on both backends."""
+    inf = np.inf
+    x = np.array([[inf, 0.0, 1.0], [-inf, -inf, -inf], [0.0, np.nan, 1.0], [-inf, 2.0, 0.0], [inf, inf, 0.0]])
+    t = np.array([1, 0, 2, 0, 2])
+    d = cuda.to_device(x)
+    for function in (nbce.logsumexp, nbce.entropy, nbce.log_softmax, nbce.softmax):
+        np.testing.assert_array_equal(host(function(d)), function(x))
+    np.testing.assert_array_equal(host(nbce.cross_entropy(d, t, reduction="none")),
+                                  nbce.cross_entropy(x, t, reduction="none"))
+    np.testing.assert_array_equal(host(nbce.cross_entropy(d, t, reduction="none", label_smoothing=0.1)),
+                                  nbce.cross_entropy(x, t, reduction="none", label_smoothing=0.1))

@@ -98,13 +98,6 @@ def _broadcast_rows(values, shape, name):
     return as_rows(array, -1)
 
 
-def _first_outside_unit_interval(values):
-    """The index of the first element outside [0, 1] (NaN is not), or None."""
-    wide = np.asarray(values, dtype=np.float64)
-    outside = np.argwhere((wide < 0.0) | (wide > 1.0))
-    return tuple(int(i) for i in outside[0]) if outside.size else None
-
-
 @launches
 def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=None):
     """(element-wise loss or None, per-row sums).
@@ -128,11 +121,7 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
     kernels.binary_rows(from_logits, x_rows.length, x_rows.base, x_rows.geom, y_rows.base, y_rows.geom,
                         w_rows.base, w_rows.geom, pw_rows.base, pw_rows.geom, elementwise, row_sums, bad)
     if bad.any():
-        position = _first_outside_unit_interval(x)
-        if position is not None:
-            _checks.raise_bad_probability(position, x[position])
-        position = _first_outside_unit_interval(y)
-        _checks.raise_bad_binary_target(position, y[position])
+        _checks.raise_outside_unit_interval(x, y)
     return (elementwise if store else None), row_sums
 
 

@@ -138,14 +138,19 @@ def _gather_class_last(data, axis, stream):
     """A C-contiguous copy of ``data`` with ``axis`` moved last, made by the
     ``gather`` kernel: Numba device arrays have no strided device copy."""
     itemsize = np.dtype(data.dtype).itemsize
+    if any(s % itemsize for s in data.strides):
+        raise ValueError(f"device array strides {tuple(data.strides)} are not multiples of its item size {itemsize}")
     order = [k for k in range(len(data.shape)) if k != axis] + [axis]
-    shape = [data.shape[k] for k in order]
+    return _gather(data, [data.shape[k] for k in order], [data.strides[k] // itemsize for k in order], stream)
+
+
+def _gather(data, shape, strides, stream):
+    """A C-contiguous ``shape`` array of ``data``'s elements at element
+    ``strides`` from its first (0 repeats an element: broadcasting)."""
+    itemsize = np.dtype(data.dtype).itemsize
     out = dev.device_empty(tuple(shape), data.dtype, stream)
     if out.size == 0:
         return out
-    if any(s % itemsize for s in data.strides):
-        raise ValueError(f"device array strides {tuple(data.strides)} are not multiples of its item size {itemsize}")
-    strides = [data.strides[k] // itemsize for k in order]
     lowest = sum(min(0, s * (n - 1)) for n, s in zip(shape, strides))
     span = 1 + sum(abs(s) * (n - 1) for n, s in zip(shape, strides))
     memory = dev.strided_view(data, lowest * itemsize, (span,), (itemsize,))
@@ -153,6 +158,20 @@ def _gather_class_last(data, axis, stream):
     blocks = _grid(math.ceil(out.size / THREADS))
     launch(utility_kernels(THREADS).gather, blocks, THREADS, stream, memory, -lowest, geometry, out.reshape(out.size))
     return out
+
+
+def _broadcast_on_device(data, shape, name, stream):
+    """A device operand broadcast to ``shape`` by NumPy's rules, as a C-contiguous copy."""
+    vshape = tuple(data.shape)
+    try:
+        if np.broadcast_shapes(vshape, tuple(shape)) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{name} of shape {vshape} cannot be broadcast to the input shape {tuple(shape)}") from None
+    itemsize = np.dtype(data.dtype).itemsize
+    padded = (1,) * (len(shape) - len(vshape)) + vshape
+    strides = (0,) * (len(shape) - len(vshape)) + tuple(s // itemsize for s in data.strides)
+    return _gather(data, shape, [0 if n == 1 else s for n, s in zip(padded, strides)], stream)
 
 
 def _c_contiguous(data):
@@ -444,9 +463,11 @@ def _broadcast_operand(values, shape, name, stream):
     if is_cuda_array(values):
         data = dev.as_device_array(values)
         vshape = tuple(data.shape)
-        if vshape in ((), (1,), (length,)) or (len(vshape) == len(shape) and vshape == tuple(shape)):
-            return data.reshape(rows if vshape == tuple(shape) else 1, length if vshape not in ((), (1,)) else 1)
-        raise ValueError(f"{name} of shape {vshape} on the GPU must have the input's shape, its last axis or one element")
+        if _c_contiguous(data) and vshape in ((), (1,), (length,)):
+            return data.reshape(1, length if vshape == (length,) else 1)
+        if _c_contiguous(data) and vshape == tuple(shape):
+            return data.reshape(rows, length)
+        return _broadcast_on_device(data, tuple(shape) or (1,), name, stream).reshape(rows, length)
     host = np.asarray(values, dtype=np.float64)
     try:
         full = np.broadcast_to(host, shape)
@@ -477,11 +498,16 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
         launch(kernels.binary, _grid(n_rows), THREADS, stream, from_logits, x2, y2, w2, pw2, store, out, row_sums, bad)
     first_bad = int(bad.copy_to_host(stream=stream)[0])
     if first_bad != np.iinfo(np.int64).max:
-        row = x2[first_bad].copy_to_host(stream=stream).astype(np.float64)
-        j = int(np.argmax((row < 0) | (row > 1)))
-        position = np.unravel_index(first_bad * length + j, shape) if shape else ()
-        _checks.raise_bad_probability(position, row[j])
+        _checks.raise_outside_unit_interval(_host_floats(x).reshape(shape), _host_floats(y).reshape(shape))
     return (out if store else None), row_sums
+
+
+def _host_floats(array):
+    """A checked device operand's values on the host (bfloat16 words widened to float32)."""
+    values = dev.as_device_array(array.data).copy_to_host() if array.size else np.zeros(array.shape)
+    if array.bfloat16:
+        return (values.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return values
 
 
 def finish(values, dtype, shape, stream=0):

@@ -140,7 +140,7 @@ def elementwise_kernels(threads, narrow, bfloat16, target_bfloat16=False):
                     softplus = math.log1p(math.exp(-abs(v))) + max(-v, 0.0)
                     loss = weight * ((1.0 - target) * v + (1.0 + (positive - 1.0) * target) * softplus)
                 else:
-                    if v < 0.0 or v > 1.0:
+                    if v < 0.0 or v > 1.0 or target < 0.0 or target > 1.0:  # PyTorch refuses both
                         bad_here += 1
                     lp = log_of(v)
                     lq = log_of(1.0 - v)
