@@ -233,7 +233,7 @@ def _device_vector(values, dtype, stream, device=None, name="target"):
 
 def launch(kernel, blocks, threads, stream, *args):
     """Every kernel launch of the backend goes through here."""
-    kernel[blocks, threads, stream](*args)
+    dev.configure(kernel, blocks, threads, stream)(*args)
 
 
 def _storage(rows):

@@ -5,7 +5,10 @@ kernel decorator, the simulator switch, device-array recognition and
 conversion, streams.
 """
 
+import collections
 import math
+import threading
+import warnings
 
 import numpy as np
 from numba import config, cuda
@@ -121,6 +124,36 @@ def stream_key(stream):
 
 def current_device_id():
     return 0 if SIMULATOR else cuda.get_current_device().id
+
+
+# Launch configurations kept for reuse: numba-cuda builds one (and converts
+# the stream) on every ``kernel[grid, block, stream]``.
+_CONFIGURED_KEPT = 512
+try:  # numba-cuda's own warning class (older releases raise numba's)
+    from numba.cuda.core.errors import NumbaPerformanceWarning
+except ImportError:
+    from numba.core.errors import NumbaPerformanceWarning
+_configured = collections.OrderedDict()
+_configured_lock = threading.Lock()
+
+
+def configure(kernel, blocks, threads, stream=0):
+    """``kernel[blocks, threads, stream]``, built once per (kernel, grid, block, stream).
+
+    nbce sizes its grids to its rows, so numba-cuda's warning about grids
+    under 128 blocks is not shown to users (it is only raised while building).
+    """
+    if SIMULATOR:  # the simulator's configured kernel is the kernel itself, reconfigured in place
+        return kernel[blocks, threads, stream]
+    key = (id(kernel), blocks, threads, stream_key(stream))
+    found = _configured.get(key)
+    if found is None:
+        with _configured_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NumbaPerformanceWarning)
+            found = _configured[key] = kernel[blocks, threads, stream]
+            while len(_configured) > _CONFIGURED_KEPT:
+                _configured.popitem(last=False)
+    return found
 
 
 # Bytes per wide load: a warp moves 512 bytes per load instruction instead of
