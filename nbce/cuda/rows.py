@@ -395,9 +395,9 @@ def row_kernels(p):
         if reduction == NONE:
             return
         tid = cuda.threadIdx.x
+        cuda.threadfence()  # every thread's row values are visible device-wide before the block's ticket
         cuda.syncthreads()
         if tid == 0:
-            cuda.threadfence()  # this block's rows are visible before its ticket
             ticket = cuda.atomic.add(counter, 0, 1)
             last[0] = 1 if ticket == cuda.gridDim.x - 1 else 0
         cuda.syncthreads()
