@@ -33,7 +33,7 @@ def _scores(values, axis, stream, name="logits"):
     """(backend, array, axis, rows, stream) for a class-axis input with at least one class."""
     backend = backend_for(values)
     stream = backend.resolve_stream(stream, values)
-    array = backend.as_float_array(values, name)
+    array = backend.as_float_array(values, name, stream)
     if array.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis), got a scalar")
     axis = normalize_axis(axis, array.ndim, name)
@@ -146,7 +146,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, re
         result = backend.cross_entropy_indices(rows, target, weight, ignore_index, smoothing, code, reduction, dtype,
                                                stream)
     elif kind.kind == "f" or kind.name == "bfloat16":
-        probabilities = backend.as_float_array(target, "target")
+        probabilities = backend.as_float_array(target, "target", stream)
         _checks.check_shape("target", probabilities.shape, array.shape,
                             "class-probability targets have the logits' shape")
         result = backend.cross_entropy_soft(rows, backend.as_rows(probabilities, axis, stream), weight, smoothing,
@@ -167,9 +167,9 @@ def _binary(x, target, weight, pos_weight, reduction, from_logits, stream):
     backend = backend_for(x)
     stream = backend.resolve_stream(stream, x)
     name = "logits" if from_logits else "probs"
-    array = backend.as_float_array(x, name)
+    array = backend.as_float_array(x, name, stream)
     _checks.check_reduction(reduction)
-    target_array = backend.as_float_array(target, "target")
+    target_array = backend.as_float_array(target, "target", stream)
     _checks.check_shape("target", target_array.shape, array.shape, f"the shape of {name}")
     dtype = result_dtype(array.dtype)
     elementwise, row_sums = backend.binary_loss(from_logits, array, target_array, weight, pos_weight,

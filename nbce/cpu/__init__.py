@@ -8,13 +8,19 @@ functions for device arrays.  Per-row results are float64.
 import numpy as np
 
 from .. import _checks
-from .._arrays import as_float_array, as_rows
+from .. import _arrays
+from .._arrays import as_rows
 from .._threads import launches
 from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "class_weight",
            "class_index_loss", "cross_entropy_indices", "cross_entropy_soft",
            "soft_target_loss", "row_metrics", "to_host", "host_array", "binary_loss", "finish", "reduce", "wrap_like", "move_class_axis"]
+
+
+def as_float_array(values, name, stream=None):
+    """``values`` as a host array of a supported float dtype (``stream`` is ignored)."""
+    return _arrays.as_float_array(values, name)
 
 
 def resolve_stream(stream, like):

@@ -97,13 +97,14 @@ def _library(obj):
     return type(obj).__module__.split(".")[0]
 
 
-def as_float_array(obj, name):
+def as_float_array(obj, name, stream=None):
+    """A checked floating-point device operand; ``stream``: where it will be read."""
     if _library(obj) == "torch" and str(obj.dtype) == "torch.bfloat16":
         import torch
 
-        data = dev.as_device_array(obj.view(torch.int16))
+        data = dev.as_device_array(obj.view(torch.int16), stream)
         return DeviceFloats(data, np.dtype(np.float32), True, obj)
-    data = dev.as_device_array(obj)
+    data = dev.as_device_array(obj, stream)
     dtype = np.dtype(data.dtype)
     if dtype.name not in _FLOATS:
         raise TypeError(
@@ -223,7 +224,7 @@ def _device_vector(values, dtype, stream, device=None, name="target"):
     logits' GPU (a device copy only when their layout is not contiguous)."""
     if is_cuda_array(values):
         check_same_device(device_ordinal(values), device, name)
-        data = dev.as_device_array(values)
+        data = dev.as_device_array(values, stream)
         if not _c_contiguous(data):
             data = _gather_class_last(data, len(data.shape) - 1, stream)
         return data.reshape(prod(data.shape))
@@ -442,9 +443,17 @@ def total(values, stream=0):
 
 
 def target_dtype(target):
-    if is_cuda_array(target):
-        return np.dtype(dev.as_device_array(target).dtype)
-    return np.asarray(target).dtype
+    """The dtype of host or device targets, read without converting a device array."""
+    if not is_cuda_array(target):
+        return np.asarray(target).dtype
+    if _library(target) == "torch":
+        if str(target.dtype) == "torch.bfloat16":
+            return np.dtype(np.float32)  # floats: class probabilities stored as bfloat16
+        return np.dtype(str(target.dtype).replace("torch.", ""))
+    dtype = getattr(target, "dtype", None)
+    if dtype is not None:
+        return np.dtype(dtype)
+    return np.dtype(dev.as_device_array(target).dtype)
 
 
 def _two_dimensional(array, stream):
@@ -461,7 +470,7 @@ def _broadcast_operand(values, shape, name, stream):
     if values is None:
         return dev.to_device(np.ones((1, 1)), stream=stream)
     if is_cuda_array(values):
-        data = dev.as_device_array(values)
+        data = dev.as_device_array(values, stream)
         vshape = tuple(data.shape)
         if _c_contiguous(data) and vshape in ((), (1,), (length,)):
             return data.reshape(1, length if vshape == (length,) else 1)

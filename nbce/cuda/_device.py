@@ -46,11 +46,15 @@ def device_empty(shape, dtype, stream=0):
     return cuda.device_array(shape, dtype=dtype, stream=stream)
 
 
-def as_device_array(obj):
+def as_device_array(obj, stream=None):
     """A Numba device array viewing ``obj``'s memory (no copy).
 
     Objects that speak only DLPack go through CuPy, which reads DLPack and
-    exports the CUDA array interface.
+    exports the CUDA array interface.  When the interface names the stream
+    that produced the data: with ``stream`` (where nbce will launch), work on
+    ``stream`` is ordered after the producer's without blocking the host (no
+    ordering is needed when they are the same stream); without it, the
+    producer's stream is synchronized, as numba-cuda does by default.
     """
     if is_numba_device_array(obj):
         return obj
@@ -62,7 +66,22 @@ def as_device_array(obj):
                 f"{type(obj).__name__} exposes CUDA memory only through DLPack; install CuPy to pass it to nbce"
             ) from None
         obj = cupy.from_dlpack(obj)
-    return cuda.as_cuda_array(obj)
+    if SIMULATOR or stream is None:
+        return cuda.as_cuda_array(obj)
+    interface = obj.__cuda_array_interface__
+    array = cuda.from_cuda_array_interface(interface, owner=obj, sync=False)
+    producer = interface.get("stream")
+    if producer is not None and _stream_handle(producer) != stream_key(stream):
+        ready = cuda.event(timing=False)
+        ready.record(cuda.external_stream(producer))
+        ready.wait(stream)
+    return array
+
+
+def _stream_handle(producer):
+    """The interface's stream as ``stream_key`` names it: 1 and 2 (the legacy
+    and per-thread default streams) are the default stream, 0."""
+    return 0 if producer in (1, 2) else int(producer)
 
 
 def address(array):

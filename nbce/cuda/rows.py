@@ -178,7 +178,7 @@ def row_kernels(p):
                 for v in values:
                     d = widen(v) - m
                     if d == 0:
-                        slot_ones += 1
+                        slot_ones += compute(1.0)
                     else:
                         e = exp_to(d)
                         slot_rest += e
