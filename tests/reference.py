@@ -144,7 +144,8 @@ def evaluation(x, target, axis=-1, top_k=(1, 5), ignore_index=-100, calibration_
         entropy_rows = -np.sum(np.where(p > 0, p * lp, 0.0), axis=1)
         confidence = np.max(p, axis=1, initial=0.0)
         total = w.sum()
-        mean = (lambda v: np.sum(w * v) / total) if total else (lambda v: np.nan)
+        # weights normalised first: a mean of finite values near float64's max stays finite
+        mean = (lambda v: np.sum((w / total) * v)) if total else (lambda v: np.nan)
         edges = np.linspace(0.0, 1.0, calibration_bins + 1)
         gaps = 0.0
         for b in range(calibration_bins):
