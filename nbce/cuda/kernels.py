@@ -12,6 +12,7 @@ from collections import namedtuple
 from functools import lru_cache
 
 import numpy as np
+from numba import types
 
 from . import _device as dev
 from ._device import cuda
@@ -23,6 +24,32 @@ LOG_CLAMP = -100.0
 
 ElementwiseKernels = namedtuple("ElementwiseKernels", "normalize binary")
 UtilityKernels = namedtuple("UtilityKernels", "gather cast_into partial_sums quotient")
+
+_F64, _I64 = types.float64, types.int64
+_VECTOR_F64 = types.Array(_F64, 1, "C")
+_MATRIX_F64 = types.Array(_F64, 2, "C")
+
+
+def elementwise_signatures(storage):
+    """Argument types of ``normalize`` and ``binary`` for contiguous operands of
+    the Numba ``storage`` type (float32 output; targets stored like the input)."""
+    x = types.Array(storage, 2, "C")
+    return ElementwiseKernels(
+        normalize=(x, _VECTOR_F64, _VECTOR_F64, types.boolean, types.Array(types.float32, 2, "C")),
+        binary=(types.boolean, x, x, _MATRIX_F64, _MATRIX_F64, types.boolean, _MATRIX_F64, _VECTOR_F64,
+                types.Array(_I64, 1, "C")),
+    )
+
+
+def utility_signatures(storage):
+    """Argument types of the utility kernels (``gather`` of the ``storage`` type)."""
+    flat = types.Array(storage, 1, "C")
+    return UtilityKernels(
+        gather=(flat, _I64, types.Array(_I64, 2, "C"), flat),
+        cast_into=(_VECTOR_F64, types.Array(types.float32, 1, "C")),
+        partial_sums=(_VECTOR_F64, _VECTOR_F64),
+        quotient=(_VECTOR_F64, _VECTOR_F64, _VECTOR_F64),
+    )
 
 
 @lru_cache(maxsize=None)

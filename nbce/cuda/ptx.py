@@ -9,26 +9,11 @@ toolkit wheels (``pip install 'nbce[cuda]'``).
 import json
 import sys
 
-from numba import types
-
 from . import THREADS
 from . import rows as row_jobs
 from ._device import compile_ptx
-from .kernels import elementwise_kernels, utility_kernels
+from .kernels import elementwise_kernels, elementwise_signatures, utility_kernels, utility_signatures
 
-F32, F64, I32, I64 = types.float32, types.float64, types.int32, types.int64
-MATRIX_F64 = types.Array(F64, 2, "C")
-VECTOR_F64 = types.Array(F64, 1, "C")
-VECTOR_F32 = types.Array(F32, 1, "C")
-VECTOR_I64 = types.Array(I64, 1, "C")
-VECTOR_I32 = types.Array(I32, 1, "C")
-# storage dtype -> (Numba storage type, narrow maths, bfloat16 words)
-STORAGE = {
-    "float64": (types.float64, False, False),
-    "float32": (types.float32, True, False),
-    "float16": (types.float16, True, False),
-    "bfloat16": (types.uint16, True, True),
-}
 CAPABILITIES = [(8, 0), (9, 0)]
 
 # Row kernels checked: one plan per job, with the options that add work.
@@ -44,56 +29,28 @@ ROW_JOBS = {
 }
 
 
-def _row_outputs(job, narrow):
-    """The types of out, out2, out3, out4 for a job."""
-    if job in (row_jobs.LSE, row_jobs.ENTROPY, row_jobs.CLASS_LOSS, row_jobs.SOFT_LOSS):
-        return (VECTOR_F32 if narrow else VECTOR_F64,) + (VECTOR_F64,) * 3
-    if job == row_jobs.METRICS:
-        return VECTOR_F64, VECTOR_I64, VECTOR_F64, VECTOR_F64
-    return (VECTOR_F64,) * 4
-
-
-def row_jobs_for(dtype):
-    """(name, kernel, signature) of the row kernels and one finishing kernel for a storage dtype."""
-    storage, narrow, bfloat16 = STORAGE[dtype]
-    x = types.Array(storage, 2, "C")
+def signatures(dtype):
+    """(name, kernel, signature) of every kernel compiled for a storage dtype."""
     jobs = []
     for name, options in ROW_JOBS.items():
         plan = row_jobs.plan(THREADS, dtype, target_storage=dtype, **options)
         row_kernel, finish_kernel = row_jobs.row_kernels(plan)
-        outputs = _row_outputs(plan.job, narrow)
-        sig = (x, I64, I64, I64, I64, VECTOR_I64, VECTOR_F64, x, I64, F64, *outputs, MATRIX_F64, MATRIX_F64,
-               VECTOR_I32, VECTOR_I64)
-        jobs.append((name, row_kernel, sig))
+        row_sig, finish_sig = row_jobs.signatures(plan)
+        jobs.append((name, row_kernel, row_sig))
         if plan.job == row_jobs.CLASS_LOSS and plan.smoothing:
-            finish_sig = (x, I64, VECTOR_I64, VECTOR_F64, I64, F64, *outputs, MATRIX_F64, MATRIX_F64, VECTOR_I32,
-                          VECTOR_I64)
             jobs.append(("row_finish", finish_kernel, finish_sig))
+    storage = row_jobs.STORAGE_TYPES[dtype]
+    elementwise = elementwise_kernels(THREADS, dtype != "float64", dtype == "bfloat16", dtype == "bfloat16")
+    element_sigs = elementwise_signatures(storage)
+    jobs += [("normalize", elementwise.normalize, element_sigs.normalize),
+             ("binary", elementwise.binary, element_sigs.binary),
+             ("gather", utility_kernels(THREADS).gather, utility_signatures(storage).gather)]
     return jobs
 
 
-def signatures(dtype):
-    storage, narrow, bfloat16 = STORAGE[dtype]
-    x = types.Array(storage, 2, "C")
-    elementwise = elementwise_kernels(THREADS, narrow, bfloat16, bfloat16)  # targets stored like the logits
-    utilities = utility_kernels(THREADS)
-    return row_jobs_for(dtype) + [
-        ("normalize", elementwise.normalize,
-         (x, VECTOR_F64, VECTOR_F64, types.boolean, types.Array(types.float32, 2, "C"))),
-        ("binary", elementwise.binary,
-         (types.boolean, x, x, MATRIX_F64, MATRIX_F64, types.boolean, MATRIX_F64, VECTOR_F64, VECTOR_I64)),
-        ("gather", utilities.gather,
-         (types.Array(storage, 1, "C"), I64, types.Array(I64, 2, "C"), types.Array(storage, 1, "C"))),
-    ]
-
-
 def shared_signatures():
-    utilities = utility_kernels(THREADS)
-    return [
-        ("partial_sums", utilities.partial_sums, (VECTOR_F64, VECTOR_F64)),
-        ("cast_into", utilities.cast_into, (VECTOR_F64, VECTOR_F32)),
-        ("quotient", utilities.quotient, (VECTOR_F64, VECTOR_F64, VECTOR_F64)),
-    ]
+    kernels, sigs = utility_kernels(THREADS), utility_signatures(row_jobs.STORAGE_TYPES["float64"])
+    return [(name, getattr(kernels, name), getattr(sigs, name)) for name in ("partial_sums", "cast_into", "quotient")]
 
 
 def facts(ptx):
@@ -152,7 +109,7 @@ def main():
     if compile_ptx is None:
         sys.exit("PTX compilation needs the real CUDA target: unset NUMBA_ENABLE_CUDASIM")
     jobs = [(name, "any", kernel, sig) for name, kernel, sig in shared_signatures()]
-    for dtype in STORAGE:
+    for dtype in row_jobs.STORAGE_TYPES:
         jobs += [(name, dtype, kernel, sig) for name, kernel, sig in signatures(dtype)]
     for name, dtype, kernel, sig in jobs:
         for cc in CAPABILITIES:

@@ -42,6 +42,7 @@ from collections import namedtuple
 from functools import lru_cache
 
 import numpy as np
+from numba import types
 
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from . import _device as dev
@@ -82,6 +83,33 @@ def plan(threads, storage, job, *, reduction=NONE, weighted=False, smoothing=Fal
          target_storage=None, unsigned_target=False):
     return RowPlan(threads, storage, job, reduction, weighted, smoothing, input_type, target_storage,
                    unsigned_target)
+
+
+# Numba storage type of each storage name (bfloat16 arrives as 16-bit words).
+STORAGE_TYPES = {"float64": types.float64, "float32": types.float32, "float16": types.float16,
+                 "bfloat16": types.uint16}
+_F64, _I32, _I64 = types.float64, types.int32, types.int64
+_VECTOR_F64 = types.Array(_F64, 1, "C")
+_MATRIX_F64 = types.Array(_F64, 2, "C")
+
+
+def signatures(p):
+    """The argument types of ``row_kernels(p)``'s (row_kernel, finish_kernel) for
+    contiguous operands, int64 class indices and soft targets stored like the
+    logits: what ``python -m nbce.cuda.ptx`` compiles."""
+    x = types.Array(STORAGE_TYPES[p.storage], 2, "C")
+    narrow_out = types.Array(types.float32 if p.storage != "float64" else _F64, 1, "C")
+    if p.job == METRICS:
+        outputs = (_VECTOR_F64, types.Array(_I64, 1, "C"), _VECTOR_F64, _VECTOR_F64)
+    elif p.job == SHIFT:
+        outputs = (_VECTOR_F64,) * 4
+    else:
+        outputs = (narrow_out,) + (_VECTOR_F64,) * 3
+    indices, counter, flag = types.Array(_I64, 1, "C"), types.Array(_I32, 1, "C"), types.Array(_I64, 1, "C")
+    row = (x, _I64, _I64, _I64, _I64, indices, _VECTOR_F64, x, _I64, _F64, *outputs, _MATRIX_F64, _MATRIX_F64,
+           counter, flag)
+    finish = (x, _I64, indices, _VECTOR_F64, _I64, _F64, *outputs, _MATRIX_F64, _MATRIX_F64, counter, flag)
+    return row, finish
 
 
 @lru_cache(maxsize=None)
