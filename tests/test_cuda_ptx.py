@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, 
 
 ROW_KERNELS = {"row_logsumexp", "row_entropy", "row_shift", "row_cross_entropy", "row_cross_entropy_smoothed",
                "row_soft_targets", "row_metrics"}
-KERNELS_PER_DTYPE = ROW_KERNELS | {"row_finish", "normalize", "binary", "gather"}
+KERNELS_PER_DTYPE = ROW_KERNELS | {"normalize", "binary", "gather"}
 SHARED_KERNELS = {"partial_sums", "cast_into", "quotient"}
 
 

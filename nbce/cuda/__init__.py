@@ -277,27 +277,27 @@ _REDUCTIONS = {"none": rows_module.NONE, "sum": rows_module.SUM, "mean": rows_mo
 
 def _row_job(rows, plan, stream, out, out2=None, out3=None, out4=None, target=None, weight=None, y=None,
              ignore_index=0, smoothing=0.0):
-    """Run the row kernel of ``plan`` over ``rows`` (and its finishing kernel
-    when rows are split): one launch, two for split rows.  Scratch memory
-    comes from the stream's workspace."""
+    """Run the row kernel of ``plan`` over ``rows``: one launch.  Scratch
+    memory comes from the stream's workspace."""
     ws = workspace(stream)
     n_rows = rows.n_rows
     reduced = plan.reduction != rows_module.NONE
     if not n_rows and not reduced:
         return ws
-    row_kernel, finish_kernel = rows_module.row_kernels(plan)
     splits, group, blocks = _launch_shape(n_rows, rows.length)
-    states = ws.buffer("states", (n_rows * splits, rows_module.STATE_SIZE)) if splits > 1 else ws.unused_rows
+    if splits > 1:
+        states = ws.buffer("states", (n_rows * splits, rows_module.STATE_SIZE))
+        row_counts = ws.zeroed_buffer("row_counts", (n_rows,), np.int32)
+    else:
+        states, row_counts = ws.unused_rows, ws.counter
     row_values = ws.buffer("row_values", (2, n_rows)) if reduced else ws.unused_rows
     target = ws.unused_indices if target is None else target
     weight = ws.unused if weight is None else weight
     y = ws.unused_rows if y is None else y
     out2, out3, out4 = (ws.unused if a is None else a for a in (out2, out3, out4))
-    launch(row_kernel, blocks, THREADS, stream, rows.data, *_alignment(rows.data), splits, group, target, weight, y,
-           ignore_index, smoothing, out, out2, out3, out4, states, row_values, ws.counter, ws.bad)
-    if splits > 1:
-        launch(finish_kernel, _per_row(n_rows)[0], THREADS, stream, rows.data, splits, target, weight, ignore_index,
-               smoothing, out, out2, out3, out4, states, row_values, ws.counter, ws.bad)
+    launch(rows_module.row_kernels(plan), blocks, THREADS, stream, rows.data, *_alignment(rows.data), splits, group,
+           target, weight, y, ignore_index, smoothing, out, out2, out3, out4, states, row_counts, row_values,
+           ws.counter, ws.bad)
     return ws
 
 

@@ -138,7 +138,10 @@ def stream_key(stream):
     if SIMULATOR or not stream:
         return 0
     handle = stream.handle
-    return int(getattr(handle, "value", handle) or 0)
+    try:
+        return int(handle)  # numba-cuda's CUstream handles
+    except TypeError:
+        return int(handle.value or 0)  # ctypes handles
 
 
 def current_device_id():

@@ -1,7 +1,8 @@
 """Device scratch memory kept between calls, one workspace per (GPU, stream).
 
-A call asks for what it needs (chunk states of split rows, per-row values
-of a batch reduction, the last-block counter, the bad-target flag) and gets
+A call asks for what it needs (chunk states and per-row counters of split
+rows, per-row values of a batch reduction, the last-block counter, the
+bad-target flag) and gets
 views of buffers that only grow: after the first call of a shape nothing is
 allocated but the returned result.  Kernels on one stream run in order, so
 the next call's kernels cannot overwrite what an earlier one still reads.
@@ -35,6 +36,16 @@ class Workspace:
         current = self._buffers.get(name)
         if current is None or current.size < size:
             current = dev.device_empty(max(size, 1), dtype, self._stream)
+            self._buffers[name] = current
+        return current[:size].reshape(*shape)
+
+    def zeroed_buffer(self, name, shape, dtype):
+        """``buffer`` whose memory starts zeroed (counters that the kernels rearm
+        to zero after use): one host-to-device copy when it grows."""
+        size = int(np.prod(shape))
+        current = self._buffers.get(name)
+        if current is None or current.size < size:
+            current = dev.to_device(np.zeros(max(size, 1), dtype=dtype), stream=self._stream)
             self._buffers[name] = current
         return current[:size].reshape(*shape)
 

@@ -34,11 +34,7 @@ def signatures(dtype):
     jobs = []
     for name, options in ROW_JOBS.items():
         plan = row_jobs.plan(THREADS, dtype, target_storage=dtype, **options)
-        row_kernel, finish_kernel = row_jobs.row_kernels(plan)
-        row_sig, finish_sig = row_jobs.signatures(plan)
-        jobs.append((name, row_kernel, row_sig))
-        if plan.job == row_jobs.CLASS_LOSS and plan.smoothing:
-            jobs.append(("row_finish", finish_kernel, finish_sig))
+        jobs.append((name, row_jobs.row_kernels(plan), row_jobs.signature(plan)))
     storage = row_jobs.STORAGE_TYPES[dtype]
     elementwise = elementwise_kernels(THREADS, dtype != "float64", dtype == "bfloat16", dtype == "bfloat16")
     element_sigs = elementwise_signatures(storage)

@@ -31,10 +31,11 @@ States of a group merge by warp shuffles (``_device.shuffle_down``, a
 shared-memory exchange on the simulator) and across the warps of a group in
 shared memory, always in the same order: results are bit-identical from run
 to run.  With one chunk per row, the group's first lane finishes the row in
-the same kernel; split rows store their chunk states and ``finish_kernel``
-merges them.  Batch reductions ("sum", "mean") are done by the last block to
-finish (a ticket counter), which sums the per-row values in a fixed order:
-one launch per call, two for split rows.
+the same kernel; split rows store their chunk states, and the row's last
+chunk to arrive (a per-row ticket counter) merges them in chunk order.
+Batch reductions ("sum", "mean") are done by the last block to finish (a
+ticket counter), which sums the per-row values in a fixed order: one launch
+per call, whatever the row length.
 """
 
 import math
@@ -93,10 +94,10 @@ _VECTOR_F64 = types.Array(_F64, 1, "C")
 _MATRIX_F64 = types.Array(_F64, 2, "C")
 
 
-def signatures(p):
-    """The argument types of ``row_kernels(p)``'s (row_kernel, finish_kernel) for
-    contiguous operands, int64 class indices and soft targets stored like the
-    logits: what ``python -m nbce.cuda.ptx`` compiles."""
+def signature(p):
+    """The argument types of ``row_kernels(p)`` for contiguous operands, int64
+    class indices and soft targets stored like the logits: what
+    ``python -m nbce.cuda.ptx`` compiles."""
     x = types.Array(STORAGE_TYPES[p.storage], 2, "C")
     narrow_out = types.Array(types.float32 if p.storage != "float64" else _F64, 1, "C")
     if p.job == METRICS:
@@ -106,15 +107,13 @@ def signatures(p):
     else:
         outputs = (narrow_out,) + (_VECTOR_F64,) * 3
     indices, counter, flag = types.Array(_I64, 1, "C"), types.Array(_I32, 1, "C"), types.Array(_I64, 1, "C")
-    row = (x, _I64, _I64, _I64, _I64, indices, _VECTOR_F64, x, _I64, _F64, *outputs, _MATRIX_F64, _MATRIX_F64,
-           counter, flag)
-    finish = (x, _I64, indices, _VECTOR_F64, _I64, _F64, *outputs, _MATRIX_F64, _MATRIX_F64, counter, flag)
-    return row, finish
+    return (x, _I64, _I64, _I64, _I64, indices, _VECTOR_F64, x, _I64, _F64, *outputs, _MATRIX_F64, counter,
+            _MATRIX_F64, counter, flag)
 
 
 @lru_cache(maxsize=None)
 def row_kernels(p):
-    """(row_kernel, finish_kernel) compiled for the plan ``p`` (a ``RowPlan``)."""
+    """The row kernel compiled for the plan ``p`` (a ``RowPlan``)."""
     threads, job, reduction, weighted = p.threads, p.job, p.reduction, p.weighted
     narrow = p.storage != "float64"
     bfloat16 = p.storage == "bfloat16"
@@ -443,10 +442,27 @@ def row_kernels(p):
             counter[0] = 0
             out[0] = total if reduction == SUM else ratio(total, weights)
 
+    @jit(device=True)
+    def last_chunk_state(states, row_counts, r, item, splits, state):
+        """Store a split row's chunk state; the row's last chunk to arrive gets
+        the row's state, merged from every chunk in order (and rearms the row's
+        counter); the others get a state whose max is NaN."""
+        store_state(states, item, state)
+        cuda.threadfence()  # the state is visible device-wide before the chunk is counted
+        if cuda.atomic.add(row_counts, r, 1) != splits - 1:
+            return compute(NAN), 0.0, 0.0, 0.0, np.int64(0), 0.0, 0.0
+        cuda.threadfence()
+        row_counts[r] = 0
+        merged = load_state(states, r * splits)
+        for k in range(1, splits):
+            merged = merge(merged, load_state(states, r * splits + k))
+        return merged
+
     @jit
     def row_kernel(x, address16, stride16, splits, group, target, weight, y, ignore_index, smoothing,
-                   out, out2, out3, out4, states, row_values, counter, bad):
-        """Each (row, chunk) -> its state; rows of one chunk are finished here."""
+                   out, out2, out3, out4, states, row_counts, row_values, counter, bad):
+        """Each (row, chunk) -> its state; a row is finished by its last chunk,
+        the batch reduction by the last block."""
         scratch = cuda.shared.array(threads, np.float64)
         warp_states = cuda.shared.array((warps, STATE_SIZE), np.float64)
         last = cuda.shared.array(1, np.int32)
@@ -472,28 +488,11 @@ def row_kernels(p):
                                       weight, y, smoothing)
             state = group_state(state, tid, group, scratch, warp_states)
             if live and lane == 0:
-                if splits == 1:
+                if splits > 1:
+                    state = last_chunk_state(states, row_counts, r, item, splits, state)
+                if splits == 1 or state[0] == state[0]:  # NaN max: another chunk of the row finishes it
                     finish_row(r, state, x, target, weight, ignore_index, smoothing, out, out2, out3, out4,
                                row_values, bad)
-                else:
-                    store_state(states, item, state)
-        if splits == 1:
-            reduce_rows(n_rows, out, row_values, counter, scratch, last)
-
-    @jit
-    def finish_kernel(x, splits, target, weight, ignore_index, smoothing, out, out2, out3, out4, states,
-                      row_values, counter, bad):
-        """One thread per split row: merge its chunk states in order and finish it."""
-        scratch = cuda.shared.array(threads, np.float64)
-        last = cuda.shared.array(1, np.int32)
-        n_rows = x.shape[0]
-        r = cuda.grid(1)
-        if r < n_rows:
-            state = load_state(states, r * splits)
-            for k in range(1, splits):
-                state = merge(state, load_state(states, r * splits + k))
-            finish_row(r, state, x, target, weight, ignore_index, smoothing, out, out2, out3, out4, row_values,
-                       bad)
         reduce_rows(n_rows, out, row_values, counter, scratch, last)
 
-    return row_kernel, finish_kernel
+    return row_kernel
