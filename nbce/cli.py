@@ -66,6 +66,13 @@ def _parser():
     score.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto: the GPU when one is usable, else the CPU")
     score.add_argument("--chunk-rows", type=_positive, default=None, help="rows per chunk (default: ~64 MiB)")
+    score.add_argument("--shift", action="store_true",
+                       help="causal LM: (batch, seq, vocab) logits against (batch, seq) token ids, "
+                            "position i scored against token i+1")
+    score.add_argument("--per-sequence", metavar="OUT.npy", default=None,
+                       help="write loss, perplexity and scored tokens per sequence (first axis of the targets)")
+    score.add_argument("--per-token", metavar="OUT.npy", default=None,
+                       help="write each token's loss (0 at ignore-index), chunk by chunk, in bounded memory")
     score.add_argument("--json", action="store_true", help="print the metrics as JSON")
     score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -98,16 +105,51 @@ def _run_evaluation(logits, targets, args, progress):
     """(result, seconds); the kernels are compiled (or loaded from Numba's cache) first, untimed."""
     import nbce
 
+    shift = getattr(args, "shift", False)
     options = dict(axis=args.axis, ignore_index=args.ignore_index, top_k=args.top_k,
-                   calibration_bins=args.calibration_bins, device=args.device)
+                   calibration_bins=args.calibration_bins, device=args.device, shift=shift)
+    per_token = None
     try:
         if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
             nbce.evaluate(logits[:1], targets[:1], **options)
+        per_sequence = getattr(args, "per_sequence", None) is not None
+        if getattr(args, "per_token", None) is not None:
+            per_token = _open_output(args.per_token, logits, targets, shift)
         start = time.perf_counter()
-        result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress, **options)
+        result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress,
+                               per_sequence=per_sequence, per_token=per_token, **options)
+        seconds = time.perf_counter() - start
     except (ValueError, TypeError, RuntimeError) as error:
         raise _Fail(str(error)) from None
-    return result, time.perf_counter() - start
+    if per_token is not None:
+        per_token.flush()
+    if per_sequence:
+        _save(args.per_sequence, result.per_sequence)
+    return result, seconds
+
+
+def _open_output(path, logits, targets, shift):
+    """A .npy file of the scored targets' shape, float32 (float64 for float64 logits), mapped for writing."""
+    import numpy as np
+
+    from ._arrays import result_dtype
+
+    shape = tuple(targets.shape)
+    if shift and len(shape) == 2:
+        shape = (shape[0], max(0, shape[1] - 1))
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=result_dtype(logits.dtype), shape=shape)
+    except OSError as error:
+        raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def _save(path, array):
+    import numpy as np
+
+    try:
+        np.save(path, array)
+    except OSError as error:
+        raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def _score(args):
