@@ -66,6 +66,9 @@ def _parser():
     score.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto: the GPU when one is usable, else the CPU")
     score.add_argument("--chunk-rows", type=_positive, default=None, help="rows per chunk (default: ~64 MiB)")
+    score.add_argument("--dtype", choices=("bfloat16",), default=None,
+                       help="read raw 2-byte logits (|V2, as np.save writes ml_dtypes.bfloat16; uint16; int16) "
+                            "as bfloat16, without a copy")
     score.add_argument("--shift", action="store_true",
                        help="causal LM: (batch, seq, vocab) logits against (batch, seq) token ids, "
                             "position i scored against token i+1")
@@ -155,10 +158,13 @@ def _save(path, array):
 def _score(args):
     from ._files import InputError, open_array
 
+    from ._arrays import reinterpret
+
     try:
         logits, targets = open_array(args.logits), open_array(args.targets)
-    except (InputError, OSError) as error:
-        raise _Fail(str(error)) from None
+        logits = reinterpret(logits, args.dtype)
+    except (InputError, OSError, TypeError, RuntimeError) as error:
+        raise _Fail(f"{args.logits}: {error}" if isinstance(error, (TypeError, RuntimeError)) else str(error)) from None
     result, seconds = _run_evaluation(logits, targets, args, progress=not args.no_progress and sys.stderr.isatty())
     throughput = {"seconds": seconds, "rows_per_second": result.count / seconds if seconds else None,
                   "gb_per_second": logits.nbytes / seconds / 1e9 if seconds else None}

@@ -25,7 +25,7 @@ from math import prod
 import numpy as np
 
 from . import _checks
-from ._arrays import normalize_axis
+from ._arrays import normalize_axis, reinterpret
 from ._chunks import Chunk, default_chunk_rows, row_chunks
 from ._dispatch import gpu_available, is_cuda_array
 from ._exact import accumulators, export, merge_into, ratio, restore, total
@@ -414,8 +414,8 @@ def _check_per_token(out, shape):
     return out
 
 
-def _pairs(chunks):
-    """Chunks from an iterable of (logits, target) or (logits, target, weight)."""
+def _pairs(chunks, dtype=None):
+    """Chunks from an iterable of (logits, target) or (logits, target, weight), the logits read as ``dtype``."""
     first_row = 0
     for item in chunks:
         try:
@@ -427,11 +427,11 @@ def _pairs(chunks):
         target = _as_array(target)
         rows = prod(target.shape)
         weight = _as_array(rest[0]) if rest and rest[0] is not None else None
-        yield Chunk(first_row, _as_array(logits), target, weight, rows)
+        yield Chunk(first_row, reinterpret(_as_array(logits), dtype), target, weight, rows)
         first_row += target.shape[0] if target.ndim else 1
 
 
-def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=False, per_token=None,
+def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=False, per_token=None, dtype=None,
              chunk_rows=None, progress=False, device="auto", **evaluator_options):
     """Evaluate a whole data set chunk by chunk; returns an ``EvalResult``.
 
@@ -452,6 +452,11 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
     chunk by chunk (0 where the target is ``ignore_index``, as PyTorch's
     ``reduction="none"``); pass ``np.lib.format.open_memmap(path, "w+", ...)``
     to write a file in bounded memory.  Both need arrays, not an iterable.
+
+    ``dtype="bfloat16"`` reads host logits of raw 2-byte values (``|V2``, what
+    ``np.save`` writes for an ``ml_dtypes.bfloat16`` array; uint16; int16) as
+    bfloat16, as a view (a memory map stays one); other item sizes raise
+    ``TypeError``.  Needs ``ml_dtypes`` (the ``bf16`` extra).
 
     ``device``: ``"cpu"``, ``"cuda"`` (host chunks are streamed to the GPU) or
     ``"auto"`` (the GPU for CUDA arrays, and for host arrays when a GPU is
@@ -474,11 +479,11 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
             raise TypeError("with an iterable of chunks, pass weights inside the chunks")
         if per_sequence or per_token is not None:
             raise TypeError("per_sequence and per_token need the logits and targets as arrays, not an iterable")
-        chunks, total_rows = _pairs(logits), None
+        chunks, total_rows = _pairs(logits, dtype), None
         if shift:
             chunks = _shifted(chunks, evaluator.axis)
     else:
-        logits, target = _as_array(logits), _as_array(target)
+        logits, target = reinterpret(_as_array(logits), dtype), _as_array(target)
         weight = None if weight is None else _as_array(weight)
         if logits.ndim == 0:
             raise ValueError("logits must have at least one dimension (the class axis), got a scalar")
