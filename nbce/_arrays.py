@@ -5,6 +5,7 @@ passed as ``int16``, bfloat16 (``ml_dtypes.bfloat16``) words as ``uint16``;
 the kernels widen them to float32 in registers, so no float32 copy exists.
 """
 
+import sys
 from dataclasses import dataclass
 from math import prod
 
@@ -14,6 +15,33 @@ from numpy.lib.stride_tricks import as_strided
 # dtype name -> the integer view the kernels read
 _HALF_STORAGE = {"float16": np.int16, "bfloat16": np.uint16}
 _FLOAT_NAMES = ("float64", "float32", "float16", "bfloat16")
+
+
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise RuntimeError("bfloat16 needs ml_dtypes: pip install 'nbce[bf16]'") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def host_array(values):
+    """``values`` as an ndarray, without copying NumPy arrays, memory maps or
+    PyTorch CPU tensors.
+
+    A CPU tensor becomes a NumPy view of its memory, strides included
+    (``Tensor.numpy()``), detached first when it requires grad; a bfloat16
+    tensor, which NumPy cannot describe, is viewed as its 16-bit words and
+    those as ``ml_dtypes.bfloat16``.  torch is never imported here: a tensor
+    exists only once the caller has imported it.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(values, torch.Tensor) or values.device.type != "cpu":
+        return np.asarray(values)
+    tensor = values.detach().resolve_conj().resolve_neg()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(_bfloat16())
+    return tensor.numpy()
 
 
 def result_dtype(dtype):
@@ -29,7 +57,7 @@ def _raw_halves(dtype):
 
 def as_float_array(values, name):
     """``values`` as an ndarray of a supported float dtype (no copy when possible)."""
-    array = np.asarray(values)
+    array = host_array(values)
     if array.dtype.name not in _FLOAT_NAMES:
         hint = ""
         if _raw_halves(array.dtype) and array.dtype.kind == "V":
@@ -64,11 +92,7 @@ def reinterpret(array, dtype, name="logits"):
     if not _raw_halves(array.dtype):
         raise TypeError(f"dtype='bfloat16' reads raw 2-byte values (void, uint16 or int16) as bfloat16, but {name} "
                         f"has dtype {array.dtype} ({array.dtype.itemsize} bytes an item)")
-    try:
-        import ml_dtypes
-    except ImportError:
-        raise RuntimeError("dtype='bfloat16' needs ml_dtypes: pip install 'nbce[bf16]'") from None
-    return array.view(ml_dtypes.bfloat16)
+    return array.view(_bfloat16())
 
 
 def storage_view(array):

@@ -25,7 +25,7 @@ from math import prod
 import numpy as np
 
 from . import _checks
-from ._arrays import normalize_axis, reinterpret
+from ._arrays import host_array, normalize_axis, reinterpret
 from ._chunks import Chunk, default_chunk_rows, row_chunks
 from ._dispatch import gpu_available, is_cuda_array
 from ._exact import accumulators, export, merge_into, ratio, restore, total
@@ -330,7 +330,7 @@ def row_weights(backend, weight, batch_shape, origin=()):
 def _as_array(values):
     if is_cuda_array(values) or isinstance(values, np.ndarray):
         return values
-    return np.asarray(values)
+    return host_array(values)
 
 
 def next_token_views(logits, target, weight, axis):

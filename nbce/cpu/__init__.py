@@ -8,7 +8,7 @@ functions for device arrays.  Per-row results are float64.
 import numpy as np
 
 from .. import _checks
-from .._arrays import as_float_array, as_rows
+from .._arrays import as_float_array, as_rows, host_array
 from .._threads import launches
 from . import kernels
 
@@ -23,7 +23,7 @@ def resolve_stream(stream, like):
 
 
 def target_dtype(target):
-    return np.asarray(target).dtype
+    return host_array(target).dtype
 
 
 @launches
@@ -79,10 +79,6 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=None):
 def to_host(arrays, stream=None):
     """Per-row results are already host arrays."""
     return arrays
-
-
-def host_array(values):
-    return np.asarray(values)
 
 
 _ONE = np.ones((), dtype=np.float64)
