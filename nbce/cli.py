@@ -57,8 +57,9 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     score = commands.add_parser("score", help="score saved logits against targets (loss, perplexity, top-k, ECE)")
-    score.add_argument("logits", help="LOGITS.npy, or FILE.npz:KEY (memory-mapped, never read whole)")
-    score.add_argument("targets", help="TARGETS.npy or FILE.npz:KEY: integer class indices")
+    score.add_argument("logits", help="LOGITS.npy, FILE.npz:KEY or FILE.safetensors:KEY "
+                                      "(memory-mapped, never read whole)")
+    score.add_argument("targets", help="TARGETS.npy, FILE.npz:KEY or FILE.safetensors:KEY: integer class indices")
     score.add_argument("--axis", type=int, default=-1, help="class axis of the logits (default -1)")
     score.add_argument("--ignore-index", type=int, default=-100, help="target value to skip (default -100)")
     score.add_argument("--top-k", type=_top_k, default=(1, 5), help="top-k accuracies to report (default 1,5)")
