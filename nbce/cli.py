@@ -185,10 +185,11 @@ def _table(result, title, seconds, nbytes, bins):
     rows = [
         ("rows scored", f"{result.count:,}"),
         ("rows ignored", f"{result.ignored:,}"),
-        ("loss (nats)", f"{result.loss:.6f}"),
+        ("loss (nats)", f"{result.loss:.6f}  ± {result.loss_stderr:.6f} (standard error)"),
         ("perplexity", f"{result.perplexity:.4f}"),
         ("bits per token", f"{result.bits_per_token:.6f}"),
-        *((f"top-{k} accuracy", f"{100 * v:.3f} %") for k, v in result.accuracy.items()),
+        *((f"top-{k} accuracy", f"{100 * v:.3f} %  ± {100 * result.accuracy_stderr.get(k, math.nan):.3f}")
+          for k, v in result.accuracy.items()),
         ("mean entropy (nats)", f"{result.entropy:.6f}"),
         (f"ECE ({bins} bins)", f"{result.ece:.6f}"),
         ("time", f"{seconds:.3f} s  ({result.count / max(seconds, 1e-9):,.0f} rows/s, "

@@ -28,7 +28,7 @@ from . import _checks
 from ._arrays import host_array, normalize_axis, reinterpret
 from ._chunks import Chunk, default_chunk_rows, row_chunks
 from ._dispatch import gpu_available, is_cuda_array
-from ._exact import accumulators, export, merge_into, ratio, restore, total
+from ._exact import accumulators, export, merge_into, ratio, restore, standard_error, total
 from ._progress import Progress
 from ._tally import (
     BIN_CONFIDENCE,
@@ -73,6 +73,11 @@ class EvalResult:
       :math:`B_b = (b/n, (b+1)/n]`:
       :math:`\\sum_b |\\sum_{B_b} w [\\rho = 0] - \\sum_{B_b} w \\max p| / W`;
     * ``count``: rows scored; ``ignored``: rows whose target was ``ignore_index``;
+    * ``loss_stderr``, ``accuracy_stderr`` ({k: ...}): standard errors of the
+      loss and of each accuracy, as lm-eval-harness reports them (sample
+      standard deviation over the n rows scored / :math:`\\sqrt{n}`; with
+      weights, :math:`\\sqrt{(\\sum w x^2 / W - \\bar x^2) / (n - 1)}`), from
+      exact sums; NaN below two rows;
     * ``per_sequence``: with ``evaluate(..., per_sequence=True)``, one record
       per entry of the targets' first axis (a sequence), fields ``loss``
       (:math:`\\sum w \\ell / \\sum w` over its scored tokens, float64 sums),
@@ -91,6 +96,8 @@ class EvalResult:
     ece: float
     count: int
     ignored: int
+    loss_stderr: float = math.nan
+    accuracy_stderr: dict = field(default_factory=dict, hash=False)
     per_sequence: np.ndarray = field(default=None, hash=False, compare=False, repr=False)
 
     def to_dict(self):
@@ -107,6 +114,8 @@ class EvalResult:
             "ece": clean(self.ece),
             "count": self.count,
             "ignored": self.ignored,
+            "loss_stderr": clean(self.loss_stderr),
+            "accuracy_stderr": {str(k): clean(v) for k, v in self.accuracy_stderr.items()},
         }
 
 
@@ -194,6 +203,11 @@ class Evaluator:
 
     def __setstate__(self, state):
         self.__init__(**state["options"])  # checks the options, bounds included
+        if np.shape(state["pending"]) == (self._layout.size - 1,):
+            # pickled before the sum of squared losses existed: that sum is
+            # unknown, so NaN, and so is the loss's standard error (merges too)
+            state = {**state, "pending": np.append(state["pending"], 0),
+                     "special": np.append(state["special"], math.nan)}
         restore(*self._sums, state)
         self._counts[:] = state["counts"]
 
@@ -285,6 +299,12 @@ class Evaluator:
             # sum_b |correct_b - confidence_b|, exactly: integers on one scale
             gap_sum = (sum(abs(c[0] - p[0]) for c, p in gaps), sum(abs(c[1] - p[1]) for c, p in gaps))
             ece = ratio(gap_sum, total_weight)
+        n = int(counts[ROWS])
+        accuracy_stderr = {
+            k: math.nan if undefined else standard_error(exact[layout.top_k(i)], exact[layout.top_k(i)],
+                                                         total_weight, n)
+            for i, k in enumerate(self.top_k)
+        }
         with np.errstate(over="ignore"):
             perplexity = float(np.exp(loss))
         return EvalResult(
@@ -294,8 +314,10 @@ class Evaluator:
             accuracy=accuracy,
             entropy=ratio(exact[ENTROPY], total_weight),
             ece=ece,
-            count=int(counts[ROWS]),
+            count=n,
             ignored=int(counts[IGNORED]),
+            loss_stderr=standard_error(exact[layout.loss_squares], exact[LOSS], total_weight, n),
+            accuracy_stderr=accuracy_stderr,
         )
 
 
