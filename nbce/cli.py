@@ -1,9 +1,11 @@
 """The ``nbce`` command: score saved logits, run the demo, time the kernels.
 
     nbce score LOGITS TARGETS [--axis -1] [--ignore-index -100] [--top-k 1,5]
-               [--device auto|cpu|cuda] [--chunk-rows N] [--json]
+               [--device auto|cpu|cuda] [--chunk-rows N] [--dtype bfloat16] [--shift]
+               [--per-sequence OUT.npy] [--per-token OUT.npy] [--json]
     nbce demo  [--rows N] [--classes V]
     nbce bench [--rows N] [--classes V]
+    nbce --version
 
 Bad input (a missing or non-NumPy file, mismatched lengths, a wrong dtype,
 an out-of-range target, a damaged or truncated file) prints one line on
@@ -52,11 +54,38 @@ def _positive(text):
     return value
 
 
+_SCORE_DESCRIPTION = """\
+Score saved logits against integer targets in one streamed pass and print:
+
+  rows scored / ignored  targets scored, and those equal to --ignore-index
+  loss (nats)            mean cross-entropy, with its standard error
+  perplexity             exp(loss)
+  bits per token         loss / ln 2
+  top-k accuracy         share of targets among the k highest logits (ties
+                         count for the target), with its standard error
+  mean entropy (nats)    mean entropy of softmax(logits)
+  ECE                    expected calibration error over --calibration-bins
+  time                   rows/s and GB/s of the evaluation (compilation excluded)
+"""
+
+_SCORE_EXAMPLES = """\
+examples:
+  nbce score logits.npy targets.npy --top-k 1,5
+  nbce score out.safetensors:logits batch.npz:input_ids --dtype bfloat16 --shift \\
+      --per-sequence seq.npy --json
+"""
+
+
 def _parser():
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="nbce", description="Streaming, numerically stable cross-entropy.")
+    parser.add_argument("--version", action="version", version=f"nbce {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    score = commands.add_parser("score", help="score saved logits against targets (loss, perplexity, top-k, ECE)")
+    score = commands.add_parser("score", help="score saved logits against targets (loss, perplexity, top-k, ECE)",
+                                description=_SCORE_DESCRIPTION, epilog=_SCORE_EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     score.add_argument("logits", help="LOGITS.npy, FILE.npz:KEY or FILE.safetensors:KEY "
                                       "(memory-mapped, never read whole)")
     score.add_argument("targets", help="TARGETS.npy, FILE.npz:KEY or FILE.safetensors:KEY: integer class indices")
@@ -83,11 +112,12 @@ def _parser():
     demo = commands.add_parser("demo", help="build a realistic evaluation set on disk, score it, check, clean up")
     demo.add_argument("--rows", type=_positive, default=4096, help="tokens (default 4096)")
     demo.add_argument("--classes", type=_positive, default=32000, help="vocabulary size (default 32000)")
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="auto: the GPU when one is usable, else the CPU")
 
     bench = commands.add_parser("bench", help="a quick side-by-side speed table on this machine")
-    bench.add_argument("--rows", type=_positive, default=4096)
-    bench.add_argument("--classes", type=_positive, default=32000)
+    bench.add_argument("--rows", type=_positive, default=4096, help="rows of float32 logits (default 4096)")
+    bench.add_argument("--classes", type=_positive, default=32000, help="classes per row (default 32000)")
     return parser
 
 
@@ -166,15 +196,58 @@ def _score(args):
         logits = reinterpret(logits, args.dtype)
     except (InputError, OSError, TypeError, RuntimeError) as error:
         raise _Fail(f"{args.logits}: {error}" if isinstance(error, (TypeError, RuntimeError)) else str(error)) from None
+    _check_shapes(logits, targets, args)
     result, seconds = _run_evaluation(logits, targets, args, progress=not args.no_progress and sys.stderr.isatty())
     throughput = {"seconds": seconds, "rows_per_second": result.count / seconds if seconds else None,
                   "gb_per_second": logits.nbytes / seconds / 1e9 if seconds else None}
     if args.json:
-        print(json.dumps({**result.to_dict(), "throughput": throughput}, indent=2, allow_nan=False))
+        print(json.dumps({**result.to_dict(), "throughput": throughput, "inputs": _inputs(logits, targets, args)},
+                         indent=2, allow_nan=False))
     else:
         print(_table(result, f"{args.logits} {_describe(logits)}", seconds, logits.nbytes,
                      args.calibration_bins))
     return 0
+
+
+def _check_shapes(logits, targets, args):
+    """The files' whole shapes against each other, before anything is scored (a
+    mismatch found in the one-row warm-up would describe the slice, not the files)."""
+    name, target_name = args.logits, args.targets
+    if logits.ndim < 2 and not (logits.ndim == 1 and targets.ndim == 0):
+        raise _Fail(f"{name} {_describe(logits)} is {logits.ndim}-D: nbce score expects logits of (rows, classes) "
+                    "or more dimensions, the classes along --axis")
+    if not -logits.ndim <= args.axis < logits.ndim:
+        raise _Fail(f"--axis {args.axis} is out of range for {name} {_describe(logits)}")
+    axis = args.axis % logits.ndim
+    if args.shift:
+        if logits.ndim != 3 or axis != 2:
+            raise _Fail(f"--shift scores (batch, seq, vocab) logits, class axis last, against (batch, seq) token ids; "
+                        f"{name} is {_describe(logits)} with --axis {args.axis}")
+        expected, what = tuple(logits.shape[:2]), "(batch, seq) token ids"
+    else:
+        expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+        what = f"one class index per row: the logits' shape without the class axis {args.axis}"
+    if tuple(targets.shape) != expected:
+        raise _Fail(f"{target_name} {_describe(targets)} does not fit {name} {_describe(logits)}: expected targets "
+                    f"of shape {expected} ({what})")
+
+
+def _inputs(logits, targets, args):
+    """What was scored, how, and by which nbce: the JSON output's "inputs"."""
+    from . import __version__
+    from ._dispatch import gpu_available
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if gpu_available() else "cpu"
+
+    def describe(path, array):
+        return {"file": path, "shape": list(array.shape), "dtype": str(array.dtype)}
+
+    return {"logits": describe(args.logits, logits), "targets": describe(args.targets, targets),
+            "axis": args.axis, "ignore_index": args.ignore_index, "top_k": list(args.top_k),
+            "calibration_bins": args.calibration_bins, "shift": args.shift, "device": device,
+            "nbce_version": __version__}
 
 
 def _describe(array):
