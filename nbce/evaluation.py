@@ -333,7 +333,9 @@ def check_targets(backend, target, batch_shape):
 
 def row_weights(backend, weight, batch_shape, origin=()):
     """Row weights as a flat float64 host array (empty when unweighted); a
-    negative or non-finite weight raises, its position shifted by ``origin``."""
+    negative or non-finite weight raises, its position shifted by ``origin``.
+    C-contiguous float64 host weights are returned as a view, not copied
+    (``_Recorder`` finds a chunk's place by their address)."""
     if weight is None:
         return np.empty(0)
     array = backend.host_array(weight)
@@ -380,9 +382,15 @@ def _shifted(chunks, axis):
 
 
 class _Recorder:
-    """Per-token losses and per-sequence sums of ``evaluate``, fed each chunk's
-    per-row results in the order of the rows (the chunks come in order, on
-    either backend), so memory stays O(sequences) plus the caller's output."""
+    """Per-token losses and per-sequence sums of ``evaluate``: memory O(sequences)
+    plus the caller's output.
+
+    Results reach ``_tally`` chunk by chunk, but not necessarily in the chunks'
+    order (the GPU pipeline finishes its two slots in slot order).  So each
+    chunk gets its own float64 row weights (ones when unweighted: the sums
+    are the same bits), which ``row_weights`` passes on without a copy, and
+    the address of those weights tells which sequences a chunk's results are.
+    """
 
     def __init__(self, shape, per_token, per_sequence):
         if not shape:
@@ -392,24 +400,34 @@ class _Recorder:
         self.per_token = per_token
         self.sums = np.zeros((2, shape[0])) if per_sequence else None  # sum w * loss, sum w
         self.tokens = np.zeros(shape[0], dtype=np.int64) if per_sequence else None
-        self.at = 0
+        self.pending = {}  # address of a chunk's weights -> (its first sequence, the weights)
+
+    def tagged(self, chunks):
+        """``chunks`` with weights of their own, each remembered by its address."""
+        for chunk in chunks:
+            shape = tuple(chunk.target.shape)
+            weight = np.ones(shape) if chunk.weight is None else host_array(chunk.weight)
+            weight = np.array(weight, dtype=np.float64, order="C")  # a fresh array: a fresh address
+            if weight.size:
+                self.pending[weight.ctypes.data] = (chunk.first_row, weight)
+            yield dataclasses.replace(chunk, weight=weight)
 
     def __call__(self, loss, rank, weights):
-        if self.per_entry == 0:
+        if self.per_entry == 0 or not weights.size:
             return
-        n, at = loss.size // self.per_entry, self.at
+        at, _ = self.pending.pop(weights.ctypes.data)
+        n = loss.size // self.per_entry
         if self.per_token is not None:
             with np.errstate(over="ignore"):
                 self.per_token[at:at + n] = loss.reshape((n, *self.shape[1:]))
         if self.sums is not None:
             rows = (n, self.per_entry)
             scored = (rank != IGNORED_ROW).reshape(rows)
-            w = weights.reshape(rows) if weights.size else 1.0
+            w = weights.reshape(rows)
             with np.errstate(invalid="ignore"):
                 self.sums[0, at:at + n] = np.where(scored, w * loss.reshape(rows), 0.0).sum(axis=1)
             self.sums[1, at:at + n] = np.where(scored, w, 0.0).sum(axis=1)
             self.tokens[at:at + n] = scored.sum(axis=1)
-        self.at += n
 
     def per_sequence(self):
         if self.sums is None:
@@ -524,6 +542,8 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
         chunks, total_rows = row_chunks(logits, target, weight, axis, rows), prod(scored)
         if shift:
             chunks = _shifted(chunks, axis)
+        if recorder is not None:
+            chunks = recorder.tagged(chunks)
     origin = (1,) if shift else ()  # token i + 1 is scored at position i: errors name the token
     first = next(chunks, None)
     if first is not None:  # else an empty iterable, or no row

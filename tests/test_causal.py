@@ -161,3 +161,23 @@ def test_next_token_views_do_not_copy(rng):
     x, t, w = next_token_views(logits, tokens, weight, -1)
     assert np.shares_memory(x, logits) and np.shares_memory(t, tokens) and np.shares_memory(w, weight)
     assert x.shape == (5, 8, 37) and t.shape == w.shape == (5, 8)
+
+
+def test_shift_through_the_gpu_pipeline_and_on_device_arrays(rng, monkeypatch):
+    cuda_backend = pytest.importorskip("nbce.cuda")
+    from numba import cuda
+
+    monkeypatch.setattr(cuda_backend, "THREADS", 8)
+    monkeypatch.setattr(cuda_backend, "MIN_ELEMENTS_PER_THREAD", 4)
+    logits, tokens = causal_batch(rng, batch=5, seq=6, vocab=11)
+    cpu = nbce.evaluate(logits, tokens, shift=True, per_sequence=True, device="cpu")
+    per_token = np.empty((5, 5))
+    gpu = nbce.evaluate(logits, tokens, shift=True, per_sequence=True, per_token=per_token, chunk_rows=2,
+                        device="cuda")
+    assert (gpu.count, gpu.ignored, gpu.accuracy) == (cpu.count, cpu.ignored, cpu.accuracy)
+    np.testing.assert_allclose(gpu.loss, cpu.loss, rtol=1e-5)
+    np.testing.assert_allclose(gpu.per_sequence["loss"], cpu.per_sequence["loss"], rtol=1e-5)
+    np.testing.assert_allclose(per_token, reference_per_token(logits, tokens)[0], rtol=1e-5, atol=1e-5)
+    on_device = nbce.Evaluator().update(cuda.to_device(logits), cuda.to_device(tokens), shift=True).compute()
+    assert on_device.count == cpu.count
+    np.testing.assert_allclose(on_device.loss, cpu.loss, rtol=1e-5)
