@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _checks
 from ._arrays import host_array, normalize_axis, reinterpret
-from ._chunks import Chunk, default_chunk_rows, row_chunks
+from ._chunks import Chunk, default_chunk_rows, release_written, row_chunks
 from ._dispatch import gpu_available, is_cuda_array
 from ._exact import accumulators, export, merge_into, ratio, restore, standard_error, total
 from ._progress import Progress
@@ -418,8 +418,10 @@ class _Recorder:
         at, _ = self.pending.pop(weights.ctypes.data)
         n = loss.size // self.per_entry
         if self.per_token is not None:
+            part = self.per_token[at:at + n]
             with np.errstate(over="ignore"):
-                self.per_token[at:at + n] = loss.reshape((n, *self.shape[1:]))
+                part[...] = loss.reshape((n, *self.shape[1:]))
+            release_written(part)
         if self.sums is not None:
             rows = (n, self.per_entry)
             scored = (rank != IGNORED_ROW).reshape(rows)

@@ -1,5 +1,9 @@
 """Causal language models: shift=True, per-sequence results and per-token losses, against float64 NumPy."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -181,3 +185,48 @@ def test_shift_through_the_gpu_pipeline_and_on_device_arrays(rng, monkeypatch):
     on_device = nbce.Evaluator().update(cuda.to_device(logits), cuda.to_device(tokens), shift=True).compute()
     assert on_device.count == cpu.count
     np.testing.assert_allclose(on_device.loss, cpu.loss, rtol=1e-5)
+
+
+PER_TOKEN_SCRIPT = """
+import json, sys
+import json
+import subprocess
+import sys
+
+import numpy as np
+import nbce
+
+def peak_mb():  # the high-water mark of the resident set, mapped file pages included
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["VmHWM"].split()[0]) / 1024
+
+folder = sys.argv[1]
+nbce.evaluate(np.zeros((2, 3, 8), np.float16), np.zeros((2, 3), np.int64), shift=True,
+              per_token=np.empty((2, 2), np.float32), device="cpu")            # compile first
+logits = np.load(folder + "/logits.npy", mmap_mode="r")
+tokens = np.arange(logits.shape[0] * logits.shape[1]).reshape(logits.shape[:2]) % logits.shape[2]
+out = np.lib.format.open_memmap(folder + "/per_token.npy", "w+", np.float32, (logits.shape[0], logits.shape[1] - 1))
+with open("/proc/self/clear_refs", "w") as f:  # the high-water mark restarts from the resident set now
+    f.write("5")
+before = peak_mb()
+nbce.evaluate(logits, tokens, shift=True, per_token=out, chunk_rows=64, device="cpu")
+after = peak_mb()
+out.flush()
+print(json.dumps({"out_mb": out.nbytes / 2**20, "growth_mb": after - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_per_token_file_is_written_in_bounded_memory(tmp_path):
+    batch, seq, vocab = 8192, 1024, 8  # 128 MiB of float16 logits, a 32 MiB per-token file
+    logits = np.lib.format.open_memmap(tmp_path / "logits.npy", "w+", np.float16, (batch, seq, vocab))
+    for start in range(0, batch, 1024):
+        logits[start:start + 1024] = 0.0
+    logits.flush()
+    del logits
+    out = subprocess.run([sys.executable, "-c", PER_TOKEN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["out_mb"] > 31 and result["growth_mb"] < 12, result
+    per_token = np.load(tmp_path / "per_token.npy", mmap_mode="r")
+    assert per_token.shape == (batch, seq - 1) and np.all(per_token[::97] == np.float32(np.log(vocab)))
