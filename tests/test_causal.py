@@ -230,3 +230,36 @@ def test_per_token_file_is_written_in_bounded_memory(tmp_path):
     assert result["out_mb"] > 31 and result["growth_mb"] < 12, result
     per_token = np.load(tmp_path / "per_token.npy", mmap_mode="r")
     assert per_token.shape == (batch, seq - 1) and np.all(per_token[::97] == np.float32(np.log(vocab)))
+
+
+def test_readme_route_from_a_torch_causal_lm(tmp_path, capsys):
+    """The README's example: bfloat16 logits of a (tiny) causal LM saved with safetensors or np.save, scored with --shift."""
+    torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    from nbce import cli
+
+    torch.manual_seed(0)
+    vocab, batch, seq = 50, 4, 12
+    model = torch.nn.Sequential(torch.nn.Embedding(vocab, 16), torch.nn.Linear(16, vocab)).to(torch.bfloat16)
+    input_ids = torch.randint(0, vocab, (batch, seq))
+    attention_mask = torch.ones(batch, seq, dtype=torch.int64)
+    attention_mask[1, 8:] = 0
+    with torch.no_grad():
+        logits = model(input_ids)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    save_file({"logits": logits.cpu().contiguous(), "labels": labels.cpu()}, str(tmp_path / "batch0.safetensors"))
+    np.save(tmp_path / "logits.npy", logits.cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16))
+    np.save(tmp_path / "labels.npy", labels.numpy())
+
+    expected = nbce.evaluate(logits, labels, shift=True, device="cpu")
+    x = ref.f64(logits.float().numpy()[:, :-1])
+    t = labels.numpy()[:, 1:]
+    assert_matches(expected, ref.evaluation(x, t), "bfloat16")
+    assert expected.count == batch * (seq - 1) - 4
+    for argv in ([f"{tmp_path}/batch0.safetensors:logits", f"{tmp_path}/batch0.safetensors:labels"],
+                 [str(tmp_path / "logits.npy"), str(tmp_path / "labels.npy"), "--dtype", "bfloat16"]):
+        assert cli.main(["score", *argv, "--shift", "--json", "--device", "cpu"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["loss"] == expected.loss and data["count"] == expected.count
+        assert data["inputs"]["logits"]["dtype"] == "bfloat16" and data["inputs"]["shift"] is True
