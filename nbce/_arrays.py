@@ -5,6 +5,7 @@ passed as ``int16``, bfloat16 (``ml_dtypes.bfloat16``) words as ``uint16``;
 the kernels widen them to float32 in registers, so no float32 copy exists.
 """
 
+import sys
 from dataclasses import dataclass
 from math import prod
 
@@ -16,22 +17,82 @@ _HALF_STORAGE = {"float16": np.int16, "bfloat16": np.uint16}
 _FLOAT_NAMES = ("float64", "float32", "float16", "bfloat16")
 
 
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise RuntimeError("bfloat16 needs ml_dtypes: pip install 'nbce[bf16]'") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def host_array(values):
+    """``values`` as an ndarray, without copying NumPy arrays, memory maps or
+    PyTorch CPU tensors.
+
+    A CPU tensor becomes a NumPy view of its memory, strides included
+    (``Tensor.numpy()``), detached first when it requires grad; a bfloat16
+    tensor, which NumPy cannot describe, is viewed as its 16-bit words and
+    those as ``ml_dtypes.bfloat16``.  torch is never imported here: a tensor
+    exists only once the caller has imported it.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(values, torch.Tensor) or values.device.type != "cpu":
+        return np.asarray(values)
+    tensor = values.detach().resolve_conj().resolve_neg()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(_bfloat16())
+    return tensor.numpy()
+
+
 def result_dtype(dtype):
     """float64 for float64 input, float32 for every narrower float."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
+def _raw_halves(dtype):
+    """True for 2-byte data with no meaning of its own: void (what ``np.save`` writes
+    for ``ml_dtypes.bfloat16``), uint16, int16."""
+    return dtype.itemsize == 2 and (dtype.kind in "iu" or (dtype.kind == "V" and dtype.names is None))
+
+
 def as_float_array(values, name):
     """``values`` as an ndarray of a supported float dtype (no copy when possible)."""
-    array = np.asarray(values)
+    array = host_array(values)
     if array.dtype.name not in _FLOAT_NAMES:
+        hint = ""
+        if _raw_halves(array.dtype) and array.dtype.kind == "V":
+            hint = (" (raw 2-byte values, as np.save writes ml_dtypes.bfloat16 arrays: read them as bfloat16 "
+                    "with dtype='bfloat16' in nbce.evaluate, --dtype bfloat16 in nbce score, "
+                    "or .view(ml_dtypes.bfloat16))")
         raise TypeError(
             f"{name} must be a floating-point array (float64, float32, float16 or bfloat16), "
-            f"got dtype {array.dtype}"
+            f"got dtype {array.dtype}{hint}"
         )
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return array
+
+
+def reinterpret(array, dtype, name="logits"):
+    """``array``'s memory read as ``dtype`` ("bfloat16"): a view, no copy.
+
+    Reads 2-byte void, uint16 or int16 data (a file of bfloat16 words) as
+    ``ml_dtypes.bfloat16``; an array that already is bfloat16 is returned as
+    it is.  Anything else is a ``TypeError`` naming its dtype: float16 data
+    are not reinterpreted (they are float16 already).
+    """
+    if dtype is None:
+        return array
+    if dtype != "bfloat16":
+        raise ValueError(f"dtype must be None or 'bfloat16', got {dtype!r}")
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"dtype='bfloat16' reinterprets host NumPy arrays; {name} is a {type(array).__name__}")
+    if array.dtype.name == "bfloat16":
+        return array
+    if not _raw_halves(array.dtype):
+        raise TypeError(f"dtype='bfloat16' reads raw 2-byte values (void, uint16 or int16) as bfloat16, but {name} "
+                        f"has dtype {array.dtype} ({array.dtype.itemsize} bytes an item)")
+    return array.view(_bfloat16())
 
 
 def storage_view(array):

@@ -4,6 +4,8 @@ from numbers import Real
 
 import numpy as np
 
+from ._arrays import host_array
+
 REDUCTIONS = ("none", "mean", "sum")
 INPUT_TYPES = ("logits", "log_probs", "probs")
 # Class indices travel to the kernels as int64, so ignore_index must be one.
@@ -52,7 +54,7 @@ def class_weight(weight, n_classes):
     """Per-class weights as float64 of length ``n_classes`` (ones when None)."""
     if weight is None:
         return np.ones(n_classes, dtype=np.float64)
-    array = np.asarray(weight)
+    array = host_array(weight)
     if array.dtype.kind not in "fiu" and array.dtype.name != "bfloat16":
         raise TypeError(f"weight must be a real array, got dtype {array.dtype}")
     check_shape("weight", array.shape, (n_classes,), "one weight per class")
@@ -67,7 +69,7 @@ def out_of_range_targets(target, n_classes, ignore_index):
     int64, and is out of range), signed ones as int64.  Mixing uint64 with a
     negative int64 would otherwise round both to float64 or wrap.
     """
-    target = np.asarray(target)
+    target = host_array(target)
     ignore_index = check_ignore_index(ignore_index)
     if target.dtype.kind == "u":
         wide = target.astype(np.uint64, copy=False)
@@ -135,7 +137,7 @@ def class_indices(target, n_classes, ignore_index, origin=()):
     ``origin`` (the index of ``target[0, 0, ...]`` in a larger array, leading
     axes first) shifts the reported position, for chunks.
     """
-    target = np.asarray(target)
+    target = host_array(target)
     bad = out_of_range_targets(target, n_classes, ignore_index)
     if bad.any():
         position = np.unravel_index(int(np.argmax(bad)), target.shape)

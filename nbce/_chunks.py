@@ -105,6 +105,15 @@ def _advise(array, advice):
     _libc.madvise(start, stop - start, advice)  # a failed hint changes nothing: ignore it
 
 
+def release_written(part):
+    """Drop the pages of ``part``, just written through a shared file mapping
+    (``np.lib.format.open_memmap(..., "w+")``), from the process: the data stay
+    in the page cache, to be written back, so an output file of any size costs
+    a chunk of resident memory.  Anything else is left alone."""
+    if isinstance(part, np.memmap) and getattr(part, "mode", None) in ("r+", "w+"):
+        _advise(part, _MADV_DONTNEED)
+
+
 def chunk_axis(axis):
     """The logits axis that chunks split: the first batch axis."""
     return 0 if axis != 0 else 1

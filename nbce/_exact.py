@@ -204,6 +204,23 @@ def ratio(numerator, denominator):
     return math.nan if d == 0 else _divide(n, d)
 
 
+def standard_error(sum_squares, sum_values, sum_weights, n):
+    """The standard error of a weighted mean, as lm-eval-harness's ``mean_stderr``
+    gives it for unit weights (sample standard deviation / sqrt(n)):
+
+        sqrt((sum w x**2 / W - (sum w x / W)**2) / (n - 1)),  W = sum w,
+
+    from three ``total`` results, the variance's cancellation done in exact
+    integers (on the common scale the scales cancel) and rounded once before
+    the square root.  NaN for n < 2, W = 0 or a non-finite sum.
+    """
+    (s2, a), (s1, b), (w, c) = sum_squares, sum_values, sum_weights
+    if n < 2 or a or b or c or w == 0:
+        return math.nan
+    variance = _divide(s2 * w - s1 * s1, w * w * (n - 1))
+    return math.sqrt(max(variance, 0.0))
+
+
 def export(bins, pending, special):
     """The non-zero bins and the rest of a set of accumulators, for pickling: a few kB
     (the bins are almost all zero).  ``restore`` reads it, also in another layout."""

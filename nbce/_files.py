@@ -1,10 +1,17 @@
-"""Open ``.npy`` files and ``.npz`` members as memory maps, never reading them whole.
+"""Open ``.npy`` files, ``.npz`` members and safetensors tensors as memory maps, never reading them whole.
 
 Every size is checked before anything is mapped or inflated: the header's
 shape times the item size (Python integers: no overflow, no NumPy warning)
 must fit in the bytes the file, or the zip member, holds.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": ...}``
+and the tensors' bytes, offsets counted from the header's end.  nbce reads
+that header itself: the ``safetensors`` library's NumPy reader has no
+bfloat16 (and would copy), and its torch reader needs torch.
 """
 
+import json
 import os
 import stat
 import zipfile
@@ -23,6 +30,12 @@ _LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra
 # which are memory-mapped instead.
 MAX_INFLATED_BYTES = 2**30
 _INFLATE_STEP = 2**20  # bytes inflated per read
+# safetensors dtype names -> NumPy (all little-endian); BF16 needs ml_dtypes.
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+                       "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+# A header larger than this is not a safetensors file (the format caps it at 100 MB).
+_MAX_SAFETENSORS_HEADER = 100_000_000
+_SAFETENSORS_SUFFIX = ".safetensors"
 _HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 
 
@@ -31,7 +44,8 @@ class InputError(ValueError):
 
 
 def open_array(spec):
-    """A read-only array for ``path.npy`` or ``path.npz:key`` (``path.npz`` when it holds one array).
+    """A read-only array for ``path.npy``, ``path.npz:key`` or ``path.safetensors:key``
+    (no key when the file holds one array).
 
     ``.npy`` files and uncompressed ``.npz`` members (``np.savez``) are
     memory-mapped; compressed members (``np.savez_compressed``) are inflated
@@ -40,6 +54,8 @@ def open_array(spec):
     """
     path, key = _split_spec(spec)
     with _open_regular(path) as f:  # every later read goes through f, the file that was checked
+        if path.lower().endswith(_SAFETENSORS_SUFFIX):
+            return _safetensors_member(f, path, key)
         magic = f.read(6)
         f.seek(0)
         if magic.startswith(_NPY_MAGIC):
@@ -48,7 +64,7 @@ def open_array(spec):
             return _map(f, path, os.fstat(f.fileno()).st_size)
         if magic.startswith(_ZIP_MAGIC):
             return _npz_member(f, path, key)
-    raise InputError(f"{path}: not a .npy or .npz file (expected NumPy's format, see numpy.save)")
+    raise InputError(f"{path}: not a .npy or .npz file (expected NumPy's format, see numpy.save; a safetensors file needs its .safetensors suffix)")
 
 
 def _open_regular(path):
@@ -72,9 +88,10 @@ def _open_regular(path):
 
 
 def _split_spec(spec):
-    """'a.npz:key' -> ('a.npz', 'key'); 'a.npy:key' too (to say that .npy has no keys); else (spec, None)."""
+    """'a.npz:key' -> ('a.npz', 'key'); 'a.safetensors:key' and 'a.npy:key' too (to say that
+    .npy has no keys); else (spec, None)."""
     head, sep, tail = spec.rpartition(":")
-    if sep and head.lower().endswith((".npz", ".npy")) and tail and not os.path.lexists(spec):
+    if sep and head.lower().endswith((".npz", ".npy", _SAFETENSORS_SUFFIX)) and tail and not os.path.lexists(spec):
         return head, tail
     return spec, None
 
@@ -121,13 +138,7 @@ def _npz_member(f, path, key):
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise InputError(f"{path}: not a readable .npz file ({error})") from None
     with archive:
-        names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
-        if key is None:
-            if len(names) != 1:
-                raise InputError(f"{path} holds {len(names)} arrays ({', '.join(names)}): name one as {path}:KEY")
-            key = names[0]
-        if key not in names:
-            raise InputError(f"{path} has no array {key!r}; it holds: {', '.join(names) or 'none'}")
+        key = _choose(path, key, [n[:-4] for n in archive.namelist() if n.endswith(".npy")], "array")
         info = archive.getinfo(key + ".npy")
         label = f"{path}:{key}"
         if info.compress_type == zipfile.ZIP_STORED:
@@ -139,6 +150,17 @@ def _npz_member(f, path, key):
             return _inflate(archive, info, label)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # damaged data, a bad CRC
             raise InputError(f"{label}: a damaged .npz member ({error})") from None
+
+
+def _choose(path, key, names, what):
+    """``key``, or the one name when ``key`` is None; InputError listing ``names`` otherwise."""
+    if key is None:
+        if len(names) != 1:
+            raise InputError(f"{path} holds {len(names)} {what}s ({', '.join(names)}): name one as {path}:KEY")
+        key = names[0]
+    if key not in names:
+        raise InputError(f"{path} has no {what} {key!r}; it holds: {', '.join(names) or 'none'}")
+    return key
 
 
 def _mapped_member(f, info, label):
@@ -172,3 +194,52 @@ def _inflate(archive, info, label):
             if member.readinto(step) != step.size:
                 raise InputError(f"{label}: a damaged .npz member (its data end early)")
     return array
+
+
+def _safetensors_member(f, path, key):
+    """Map one tensor of a safetensors file (see the module docstring), after checking
+    that the header is JSON of the format's shape and the tensor's bytes fit the file."""
+    size = os.fstat(f.fileno()).st_size
+    prefix = f.read(8)
+    length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+    if not 2 <= length <= min(size - 8, _MAX_SAFETENSORS_HEADER):
+        raise InputError(f"{path}: not a readable safetensors file (no header length that fits its {size:,} bytes)")
+    try:
+        header = json.loads(f.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable safetensors file ({error})") from None
+    header.pop("__metadata__", None)
+    key = _choose(path, key, sorted(header), "tensor")
+    label = f"{path}:{key}"
+    entry = header[key]
+    try:
+        name, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        if not all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)) or begin > end:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{label}: a damaged safetensors header entry ({entry!r})") from None
+    dtype = _safetensors_dtype(name, label)
+    nbytes = prod(shape) * dtype.itemsize
+    start = 8 + length + begin
+    if nbytes != end - begin:
+        raise InputError(f"{label}: its header declares a {shape} {name} tensor ({nbytes:,} bytes) in "
+                         f"{end - begin:,} bytes (a damaged file)")
+    _check_size(label, shape, name, nbytes, size - start)
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(f, dtype=dtype, mode="r", offset=start, shape=shape)
+
+
+def _safetensors_dtype(name, label):
+    if name == "BF16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise InputError(f"{label} is bfloat16, which needs ml_dtypes: pip install 'nbce[bf16]'") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in _SAFETENSORS_DTYPES:
+        raise InputError(f"{label} has dtype {name}, which nbce does not read "
+                         f"(it reads {', '.join(['BF16', *_SAFETENSORS_DTYPES])})")
+    return np.dtype(_SAFETENSORS_DTYPES[name])

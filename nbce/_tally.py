@@ -25,6 +25,9 @@ _FIRST_TOP_K = 3
 # Per calibration bin: sum w, sum w*confidence, sum w*[rank == 0]
 BIN_WEIGHT, BIN_CONFIDENCE, BIN_CORRECT = range(3)
 _PER_BIN = 3
+# Then, last (states pickled before it existed end at the bins): sum w*loss**2,
+# for the standard error of the loss.  The accuracies need no such sum: the
+# square of a 0/1 indicator is itself.
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,12 @@ class Layout:
         return _FIRST_TOP_K + self.n_top_k + _PER_BIN * b + field
 
     @property
-    def size(self):
+    def loss_squares(self):
         return _FIRST_TOP_K + self.n_top_k + _PER_BIN * self.n_bins
+
+    @property
+    def size(self):
+        return self.loss_squares + 1
 
 
 @njit(**JIT_NO_NRT)
@@ -66,12 +73,14 @@ def calibration_bin(confidence, edges):
 def tally(loss, rank, entropy, confidence, weight, top_k, edges, partials, used, special, counts):
     """Add one chunk of per-row metrics (weights ``weight``, or 1 when empty) to the sums.
 
-    sum w, sum w*loss and sum w*entropy over the rows scored; per k, sum w over
-    rows with rank < k; per confidence bin, sum w, sum w*confidence and
-    sum w over rows whose target is the argmax.
+    sum w, sum w*loss, sum w*entropy and sum w*loss**2 (each square rounded
+    once, the sum exact) over the rows scored; per k, sum w over rows with
+    rank < k; per confidence bin, sum w, sum w*confidence and sum w over rows
+    whose target is the argmax.
     """
     n_top_k = top_k.size
     first_bin = _FIRST_TOP_K + n_top_k
+    squares = first_bin + _PER_BIN * (edges.size - 1)
     weighted = weight.size > 0
     for r in range(rank.size):
         k_rank = rank[r]
@@ -83,6 +92,7 @@ def tally(loss, rank, entropy, confidence, weight, top_k, edges, partials, used,
         add(partials, used, special, WEIGHT, w)
         add_product(partials, used, special, LOSS, w, loss[r])
         add_product(partials, used, special, ENTROPY, w, entropy[r])
+        add_product(partials, used, special, squares, w, loss[r] * loss[r])
         if k_rank == UNDEFINED_ROW:
             counts[UNDEFINED] += 1
             continue

@@ -1,9 +1,11 @@
 """The ``nbce`` command: score saved logits, run the demo, time the kernels.
 
     nbce score LOGITS TARGETS [--axis -1] [--ignore-index -100] [--top-k 1,5]
-               [--device auto|cpu|cuda] [--chunk-rows N] [--json]
+               [--device auto|cpu|cuda] [--chunk-rows N] [--dtype bfloat16] [--shift]
+               [--per-sequence OUT.npy] [--per-token OUT.npy] [--json]
     nbce demo  [--rows N] [--classes V]
     nbce bench [--rows N] [--classes V]
+    nbce --version
 
 Bad input (a missing or non-NumPy file, mismatched lengths, a wrong dtype,
 an out-of-range target, a damaged or truncated file) prints one line on
@@ -52,13 +54,41 @@ def _positive(text):
     return value
 
 
+_SCORE_DESCRIPTION = """\
+Score saved logits against integer targets in one streamed pass and print:
+
+  rows scored / ignored  targets scored, and those equal to --ignore-index
+  loss (nats)            mean cross-entropy, with its standard error
+  perplexity             exp(loss)
+  bits per token         loss / ln 2
+  top-k accuracy         share of targets among the k highest logits (ties
+                         count for the target), with its standard error
+  mean entropy (nats)    mean entropy of softmax(logits)
+  ECE                    expected calibration error over --calibration-bins
+  time                   rows/s and GB/s of the evaluation (compilation excluded)
+"""
+
+_SCORE_EXAMPLES = """\
+examples:
+  nbce score logits.npy targets.npy --top-k 1,5
+  nbce score out.safetensors:logits batch.npz:input_ids --dtype bfloat16 --shift \\
+      --per-sequence seq.npy --json
+"""
+
+
 def _parser():
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="nbce", description="Streaming, numerically stable cross-entropy.")
+    parser.add_argument("--version", action="version", version=f"nbce {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    score = commands.add_parser("score", help="score saved logits against targets (loss, perplexity, top-k, ECE)")
-    score.add_argument("logits", help="LOGITS.npy, or FILE.npz:KEY (memory-mapped, never read whole)")
-    score.add_argument("targets", help="TARGETS.npy or FILE.npz:KEY: integer class indices")
+    score = commands.add_parser("score", help="score saved logits against targets (loss, perplexity, top-k, ECE)",
+                                description=_SCORE_DESCRIPTION, epilog=_SCORE_EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    score.add_argument("logits", help="LOGITS.npy, FILE.npz:KEY or FILE.safetensors:KEY "
+                                      "(memory-mapped, never read whole)")
+    score.add_argument("targets", help="TARGETS.npy, FILE.npz:KEY or FILE.safetensors:KEY: integer class indices")
     score.add_argument("--axis", type=int, default=-1, help="class axis of the logits (default -1)")
     score.add_argument("--ignore-index", type=int, default=-100, help="target value to skip (default -100)")
     score.add_argument("--top-k", type=_top_k, default=(1, 5), help="top-k accuracies to report (default 1,5)")
@@ -66,17 +96,28 @@ def _parser():
     score.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto: the GPU when one is usable, else the CPU")
     score.add_argument("--chunk-rows", type=_positive, default=None, help="rows per chunk (default: ~64 MiB)")
+    score.add_argument("--dtype", choices=("bfloat16",), default=None,
+                       help="read raw 2-byte logits (|V2, as np.save writes ml_dtypes.bfloat16; uint16; int16) "
+                            "as bfloat16, without a copy")
+    score.add_argument("--shift", action="store_true",
+                       help="causal LM: (batch, seq, vocab) logits against (batch, seq) token ids, "
+                            "position i scored against token i+1")
+    score.add_argument("--per-sequence", metavar="OUT.npy", default=None,
+                       help="write loss, perplexity and scored tokens per sequence (first axis of the targets)")
+    score.add_argument("--per-token", metavar="OUT.npy", default=None,
+                       help="write each token's loss (0 at ignore-index), chunk by chunk, in bounded memory")
     score.add_argument("--json", action="store_true", help="print the metrics as JSON")
     score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     demo = commands.add_parser("demo", help="build a realistic evaluation set on disk, score it, check, clean up")
     demo.add_argument("--rows", type=_positive, default=4096, help="tokens (default 4096)")
     demo.add_argument("--classes", type=_positive, default=32000, help="vocabulary size (default 32000)")
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="auto: the GPU when one is usable, else the CPU")
 
     bench = commands.add_parser("bench", help="a quick side-by-side speed table on this machine")
-    bench.add_argument("--rows", type=_positive, default=4096)
-    bench.add_argument("--classes", type=_positive, default=32000)
+    bench.add_argument("--rows", type=_positive, default=4096, help="rows of float32 logits (default 4096)")
+    bench.add_argument("--classes", type=_positive, default=32000, help="classes per row (default 32000)")
     return parser
 
 
@@ -98,34 +139,115 @@ def _run_evaluation(logits, targets, args, progress):
     """(result, seconds); the kernels are compiled (or loaded from Numba's cache) first, untimed."""
     import nbce
 
+    shift = getattr(args, "shift", False)
     options = dict(axis=args.axis, ignore_index=args.ignore_index, top_k=args.top_k,
-                   calibration_bins=args.calibration_bins, device=args.device)
+                   calibration_bins=args.calibration_bins, device=args.device, shift=shift)
+    per_token = None
     try:
         if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
             nbce.evaluate(logits[:1], targets[:1], **options)
+        per_sequence = getattr(args, "per_sequence", None) is not None
+        if getattr(args, "per_token", None) is not None:
+            per_token = _open_output(args.per_token, logits, targets, shift)
         start = time.perf_counter()
-        result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress, **options)
+        result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress,
+                               per_sequence=per_sequence, per_token=per_token, **options)
+        seconds = time.perf_counter() - start
     except (ValueError, TypeError, RuntimeError) as error:
         raise _Fail(str(error)) from None
-    return result, time.perf_counter() - start
+    if per_token is not None:
+        per_token.flush()
+    if per_sequence:
+        _save(args.per_sequence, result.per_sequence)
+    return result, seconds
+
+
+def _open_output(path, logits, targets, shift):
+    """A .npy file of the scored targets' shape, float32 (float64 for float64 logits), mapped for writing."""
+    import numpy as np
+
+    from ._arrays import result_dtype
+
+    shape = tuple(targets.shape)
+    if shift and len(shape) == 2:
+        shape = (shape[0], max(0, shape[1] - 1))
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=result_dtype(logits.dtype), shape=shape)
+    except OSError as error:
+        raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def _save(path, array):
+    import numpy as np
+
+    try:
+        np.save(path, array)
+    except OSError as error:
+        raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def _score(args):
     from ._files import InputError, open_array
 
+    from ._arrays import reinterpret
+
     try:
         logits, targets = open_array(args.logits), open_array(args.targets)
-    except (InputError, OSError) as error:
-        raise _Fail(str(error)) from None
+        logits = reinterpret(logits, args.dtype)
+    except (InputError, OSError, TypeError, RuntimeError) as error:
+        raise _Fail(f"{args.logits}: {error}" if isinstance(error, (TypeError, RuntimeError)) else str(error)) from None
+    _check_shapes(logits, targets, args)
     result, seconds = _run_evaluation(logits, targets, args, progress=not args.no_progress and sys.stderr.isatty())
     throughput = {"seconds": seconds, "rows_per_second": result.count / seconds if seconds else None,
                   "gb_per_second": logits.nbytes / seconds / 1e9 if seconds else None}
     if args.json:
-        print(json.dumps({**result.to_dict(), "throughput": throughput}, indent=2, allow_nan=False))
+        print(json.dumps({**result.to_dict(), "throughput": throughput, "inputs": _inputs(logits, targets, args)},
+                         indent=2, allow_nan=False))
     else:
         print(_table(result, f"{args.logits} {_describe(logits)}", seconds, logits.nbytes,
                      args.calibration_bins))
     return 0
+
+
+def _check_shapes(logits, targets, args):
+    """The files' whole shapes against each other, before anything is scored (a
+    mismatch found in the one-row warm-up would describe the slice, not the files)."""
+    name, target_name = args.logits, args.targets
+    if logits.ndim < 2 and not (logits.ndim == 1 and targets.ndim == 0):
+        raise _Fail(f"{name} {_describe(logits)} is {logits.ndim}-D: nbce score expects logits of (rows, classes) "
+                    "or more dimensions, the classes along --axis")
+    if not -logits.ndim <= args.axis < logits.ndim:
+        raise _Fail(f"--axis {args.axis} is out of range for {name} {_describe(logits)}")
+    axis = args.axis % logits.ndim
+    if args.shift:
+        if logits.ndim != 3 or axis != 2:
+            raise _Fail(f"--shift scores (batch, seq, vocab) logits, class axis last, against (batch, seq) token ids; "
+                        f"{name} is {_describe(logits)} with --axis {args.axis}")
+        expected, what = tuple(logits.shape[:2]), "(batch, seq) token ids"
+    else:
+        expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+        what = f"one class index per row: the logits' shape without the class axis {args.axis}"
+    if tuple(targets.shape) != expected:
+        raise _Fail(f"{target_name} {_describe(targets)} does not fit {name} {_describe(logits)}: expected targets "
+                    f"of shape {expected} ({what})")
+
+
+def _inputs(logits, targets, args):
+    """What was scored, how, and by which nbce: the JSON output's "inputs"."""
+    from . import __version__
+    from ._dispatch import gpu_available
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if gpu_available() else "cpu"
+
+    def describe(path, array):
+        return {"file": path, "shape": list(array.shape), "dtype": str(array.dtype)}
+
+    return {"logits": describe(args.logits, logits), "targets": describe(args.targets, targets),
+            "axis": args.axis, "ignore_index": args.ignore_index, "top_k": list(args.top_k),
+            "calibration_bins": args.calibration_bins, "shift": args.shift, "device": device,
+            "nbce_version": __version__}
 
 
 def _describe(array):
@@ -136,10 +258,11 @@ def _table(result, title, seconds, nbytes, bins):
     rows = [
         ("rows scored", f"{result.count:,}"),
         ("rows ignored", f"{result.ignored:,}"),
-        ("loss (nats)", f"{result.loss:.6f}"),
+        ("loss (nats)", f"{result.loss:.6f}  ± {result.loss_stderr:.6f} (standard error)"),
         ("perplexity", f"{result.perplexity:.4f}"),
         ("bits per token", f"{result.bits_per_token:.6f}"),
-        *((f"top-{k} accuracy", f"{100 * v:.3f} %") for k, v in result.accuracy.items()),
+        *((f"top-{k} accuracy", f"{100 * v:.3f} %  ± {100 * result.accuracy_stderr.get(k, math.nan):.3f}")
+          for k, v in result.accuracy.items()),
         ("mean entropy (nats)", f"{result.entropy:.6f}"),
         (f"ECE ({bins} bins)", f"{result.ece:.6f}"),
         ("time", f"{seconds:.3f} s  ({result.count / max(seconds, 1e-9):,.0f} rows/s, "

@@ -15,6 +15,7 @@ one read of the row gives
 not depend on how the data were chunked, nor on the order of ``merge``.
 """
 
+import dataclasses
 import itertools
 import math
 import threading
@@ -24,16 +25,17 @@ from math import prod
 import numpy as np
 
 from . import _checks
-from ._arrays import normalize_axis
-from ._chunks import Chunk, default_chunk_rows, row_chunks
+from ._arrays import host_array, normalize_axis, reinterpret
+from ._chunks import Chunk, default_chunk_rows, release_written, row_chunks
 from ._dispatch import gpu_available, is_cuda_array
-from ._exact import accumulators, export, merge_into, ratio, restore, total
+from ._exact import accumulators, export, merge_into, ratio, restore, standard_error, total
 from ._progress import Progress
 from ._tally import (
     BIN_CONFIDENCE,
     BIN_CORRECT,
     ENTROPY,
     IGNORED,
+    IGNORED_ROW,
     LOSS,
     N_COUNTS,
     ROWS,
@@ -70,7 +72,17 @@ class EvalResult:
     * ``ece``: expected calibration error over equal-width confidence bins
       :math:`B_b = (b/n, (b+1)/n]`:
       :math:`\\sum_b |\\sum_{B_b} w [\\rho = 0] - \\sum_{B_b} w \\max p| / W`;
-    * ``count``: rows scored; ``ignored``: rows whose target was ``ignore_index``.
+    * ``count``: rows scored; ``ignored``: rows whose target was ``ignore_index``;
+    * ``loss_stderr``, ``accuracy_stderr`` ({k: ...}): standard errors of the
+      loss and of each accuracy, as lm-eval-harness reports them (sample
+      standard deviation over the n rows scored / :math:`\\sqrt{n}`; with
+      weights, :math:`\\sqrt{(\\sum w x^2 / W - \\bar x^2) / (n - 1)}`), from
+      exact sums; NaN below two rows;
+    * ``per_sequence``: with ``evaluate(..., per_sequence=True)``, one record
+      per entry of the targets' first axis (a sequence), fields ``loss``
+      (:math:`\\sum w \\ell / \\sum w` over its scored tokens, float64 sums),
+      ``perplexity`` (:math:`e^{\\text{loss}}`) and ``tokens`` (scored tokens);
+      else ``None``.
 
     With no row scored (or :math:`W = 0`) the means are NaN, as PyTorch's
     mean over no element.  A row holding a NaN makes every figure NaN.
@@ -84,6 +96,9 @@ class EvalResult:
     ece: float
     count: int
     ignored: int
+    loss_stderr: float = math.nan
+    accuracy_stderr: dict = field(default_factory=dict, hash=False)
+    per_sequence: np.ndarray = field(default=None, hash=False, compare=False, repr=False)
 
     def to_dict(self):
         """A JSON-ready dict: NaN and infinities become ``None`` (JSON has neither)."""
@@ -99,7 +114,13 @@ class EvalResult:
             "ece": clean(self.ece),
             "count": self.count,
             "ignored": self.ignored,
+            "loss_stderr": clean(self.loss_stderr),
+            "accuracy_stderr": {str(k): clean(v) for k, v in self.accuracy_stderr.items()},
         }
+
+
+# One record per sequence: EvalResult.per_sequence, and `nbce score --per-sequence`'s file.
+SEQUENCE_RECORD = np.dtype([("loss", np.float64), ("perplexity", np.float64), ("tokens", np.int64)])
 
 
 def _top_k_values(top_k):
@@ -161,6 +182,7 @@ class Evaluator:
         self._top_k_array = np.array(self.top_k, dtype=np.int64)
         self._edges = calibration_edges(self.calibration_bins)
         self._lock = threading.Lock()
+        self._sink = None  # evaluate's per-token / per-sequence recorder, fed each chunk's rows in order
         self.reset()
 
     def reset(self):
@@ -181,6 +203,11 @@ class Evaluator:
 
     def __setstate__(self, state):
         self.__init__(**state["options"])  # checks the options, bounds included
+        if np.shape(state["pending"]) == (self._layout.size - 1,):
+            # pickled before the sum of squared losses existed: that sum is
+            # unknown, so NaN, and so is the loss's standard error (merges too)
+            state = {**state, "pending": np.append(state["pending"], 0),
+                     "special": np.append(state["special"], math.nan)}
         restore(*self._sums, state)
         self._counts[:] = state["counts"]
 
@@ -193,15 +220,25 @@ class Evaluator:
         options = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"Evaluator({options}; {int(self._counts[ROWS])} rows)"
 
-    def update(self, logits, target, *, weight=None, stream=None):
+    def update(self, logits, target, *, weight=None, shift=False, stream=None):
         """Add one chunk: ``logits`` (host or CUDA array, class axis ``axis``) and
         integer class indices ``target`` (the logits' shape without the class
         axis); ``weight``, optional, non-negative, has ``target``'s shape.
 
+        ``shift=True`` is for causal language models: (batch, seq, vocab)
+        logits and (batch, seq) token ids, position i's logits scored against
+        token i + 1 (``logits[:, :-1]`` against ``target[:, 1:]``, views, no
+        copy; ``weight`` is the tokens' shape and shifts with them).
+
         A class index outside [0, C) that is not ``ignore_index`` raises
         ``ValueError`` naming its position.  Returns ``self``.
         """
-        self._update(logits, target, weight, stream)
+        origin = ()
+        if shift:
+            logits, target, weight = next_token_views(_as_array(logits), _as_array(target),
+                                                      None if weight is None else _as_array(weight), self.axis)
+            origin = (0, 1)
+        self._update(logits, target, weight, stream, origin)
         return self
 
     def _update(self, logits, target, weight, stream, origin=()):
@@ -217,6 +254,8 @@ class Evaluator:
         with self._lock:  # the kernel runs without the GIL: one writer at a time
             tally(loss, rank, entropy, confidence, weights, self._top_k_array, self._edges, *self._sums,
                   self._counts)
+            if self._sink is not None:
+                self._sink(loss, rank, weights)
 
     def merge(self, other):
         """Add ``other``'s evaluation to this one, exactly; returns ``self``.
@@ -260,6 +299,12 @@ class Evaluator:
             # sum_b |correct_b - confidence_b|, exactly: integers on one scale
             gap_sum = (sum(abs(c[0] - p[0]) for c, p in gaps), sum(abs(c[1] - p[1]) for c, p in gaps))
             ece = ratio(gap_sum, total_weight)
+        n = int(counts[ROWS])
+        accuracy_stderr = {
+            k: math.nan if undefined else standard_error(exact[layout.top_k(i)], exact[layout.top_k(i)],
+                                                         total_weight, n)
+            for i, k in enumerate(self.top_k)
+        }
         with np.errstate(over="ignore"):
             perplexity = float(np.exp(loss))
         return EvalResult(
@@ -269,8 +314,10 @@ class Evaluator:
             accuracy=accuracy,
             entropy=ratio(exact[ENTROPY], total_weight),
             ece=ece,
-            count=int(counts[ROWS]),
+            count=n,
             ignored=int(counts[IGNORED]),
+            loss_stderr=standard_error(exact[layout.loss_squares], exact[LOSS], total_weight, n),
+            accuracy_stderr=accuracy_stderr,
         )
 
 
@@ -286,7 +333,9 @@ def check_targets(backend, target, batch_shape):
 
 def row_weights(backend, weight, batch_shape, origin=()):
     """Row weights as a flat float64 host array (empty when unweighted); a
-    negative or non-finite weight raises, its position shifted by ``origin``."""
+    negative or non-finite weight raises, its position shifted by ``origin``.
+    C-contiguous float64 host weights are returned as a view, not copied
+    (``_Recorder`` finds a chunk's place by their address)."""
     if weight is None:
         return np.empty(0)
     array = backend.host_array(weight)
@@ -305,11 +354,110 @@ def row_weights(backend, weight, batch_shape, origin=()):
 def _as_array(values):
     if is_cuda_array(values) or isinstance(values, np.ndarray):
         return values
-    return np.asarray(values)
+    return host_array(values)
 
 
-def _pairs(chunks):
-    """Chunks from an iterable of (logits, target) or (logits, target, weight)."""
+def next_token_views(logits, target, weight, axis):
+    """``(logits[:, :-1], target[:, 1:], weight[:, 1:])``: views that score each
+    position's logits against the next token; ValueError naming the shapes
+    unless the logits are (batch, seq, vocab), class axis last, and the
+    token ids (and weights) (batch, seq)."""
+    shape = tuple(logits.shape)
+    if len(shape) != 3 or normalize_axis(axis, len(shape)) != 2:
+        raise ValueError(f"shift=True scores (batch, seq, vocab) logits, class axis last, against (batch, seq) "
+                         f"token ids; got logits of shape {shape} with class axis {axis}"
+                         + (" (one sequence? add a batch axis: logits[None], tokens[None])" if len(shape) == 2 else ""))
+    _checks.check_shape("target", tuple(target.shape), shape[:2], "shift=True: (batch, seq) token ids")
+    if weight is not None:
+        _checks.check_shape("weight", tuple(weight.shape), shape[:2], "shift=True: one weight per token")
+        weight = weight[:, 1:]
+    return logits[:, :-1], target[:, 1:], weight
+
+
+def _shifted(chunks, axis):
+    """Chunks of whole sequences -> their next-token views (see ``next_token_views``)."""
+    for chunk in chunks:
+        logits, target, weight = next_token_views(chunk.logits, chunk.target, chunk.weight, axis)
+        yield Chunk(chunk.first_row, logits, target, weight, prod(target.shape))
+
+
+class _Recorder:
+    """Per-token losses and per-sequence sums of ``evaluate``: memory O(sequences)
+    plus the caller's output.
+
+    Results reach ``_tally`` chunk by chunk, but not necessarily in the chunks'
+    order (the GPU pipeline finishes its two slots in slot order).  So each
+    chunk gets its own float64 row weights (ones when unweighted: the sums
+    are the same bits), which ``row_weights`` passes on without a copy, and
+    the address of those weights tells which sequences a chunk's results are.
+    """
+
+    def __init__(self, shape, per_token, per_sequence):
+        if not shape:
+            raise ValueError("per_token and per_sequence need targets with at least one axis (the sequences)")
+        self.shape = tuple(shape)
+        self.per_entry = prod(shape[1:])
+        self.per_token = per_token
+        self.sums = np.zeros((2, shape[0])) if per_sequence else None  # sum w * loss, sum w
+        self.tokens = np.zeros(shape[0], dtype=np.int64) if per_sequence else None
+        self.pending = {}  # address of a chunk's weights -> (its first sequence, the weights)
+
+    def tagged(self, chunks):
+        """``chunks`` with weights of their own, each remembered by its address."""
+        for chunk in chunks:
+            shape = tuple(chunk.target.shape)
+            weight = np.ones(shape) if chunk.weight is None else host_array(chunk.weight)
+            weight = np.array(weight, dtype=np.float64, order="C")  # a fresh array: a fresh address
+            if weight.size:
+                self.pending[weight.ctypes.data] = (chunk.first_row, weight)
+            yield dataclasses.replace(chunk, weight=weight)
+
+    def __call__(self, loss, rank, weights):
+        if self.per_entry == 0 or not weights.size:
+            return
+        at, _ = self.pending.pop(weights.ctypes.data)
+        n = loss.size // self.per_entry
+        if self.per_token is not None:
+            part = self.per_token[at:at + n]
+            with np.errstate(over="ignore"):
+                part[...] = loss.reshape((n, *self.shape[1:]))
+            release_written(part)
+        if self.sums is not None:
+            rows = (n, self.per_entry)
+            scored = (rank != IGNORED_ROW).reshape(rows)
+            w = weights.reshape(rows)
+            with np.errstate(invalid="ignore"):
+                self.sums[0, at:at + n] = np.where(scored, w * loss.reshape(rows), 0.0).sum(axis=1)
+            self.sums[1, at:at + n] = np.where(scored, w, 0.0).sum(axis=1)
+            self.tokens[at:at + n] = scored.sum(axis=1)
+
+    def per_sequence(self):
+        if self.sums is None:
+            return None
+        records = np.empty(self.tokens.size, dtype=SEQUENCE_RECORD)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            records["loss"] = self.sums[0] / self.sums[1]
+            records["perplexity"] = np.exp(records["loss"])
+        records["tokens"] = self.tokens
+        return records
+
+
+def _check_per_token(out, shape):
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"per_token must be a NumPy array to write into (np.lib.format.open_memmap for a file), "
+                        f"got {type(out).__name__}")
+    if out.dtype.kind != "f" or out.dtype.itemsize < 4:
+        raise TypeError(f"per_token must be a float32 or float64 array, got dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("per_token must be writeable")
+    _checks.check_shape("per_token", out.shape, shape, "one loss per scored target: the targets' shape, (batch, seq - 1) with shift=True")
+    return out
+
+
+def _pairs(chunks, dtype=None):
+    """Chunks from an iterable of (logits, target) or (logits, target, weight), the logits read as ``dtype``."""
     first_row = 0
     for item in chunks:
         try:
@@ -320,12 +468,13 @@ def _pairs(chunks):
             raise TypeError("expected an iterable of (logits, target) or (logits, target, weight) chunks")
         target = _as_array(target)
         rows = prod(target.shape)
-        yield Chunk(first_row, _as_array(logits), target, rest[0] if rest else None, rows)
+        weight = _as_array(rest[0]) if rest and rest[0] is not None else None
+        yield Chunk(first_row, reinterpret(_as_array(logits), dtype), target, weight, rows)
         first_row += target.shape[0] if target.ndim else 1
 
 
-def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=False, device="auto",
-             **evaluator_options):
+def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=False, per_token=None, dtype=None,
+             chunk_rows=None, progress=False, device="auto", **evaluator_options):
     """Evaluate a whole data set chunk by chunk; returns an ``EvalResult``.
 
     ``logits``/``target``: arrays of any size — NumPy arrays, memory maps
@@ -333,6 +482,23 @@ def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=Fals
     ``chunk_rows`` entries of the first batch axis at a time (default: about
     64 MiB of logits).  Alternatively ``target=None`` and ``logits`` an
     iterable of ``(logits, target)`` or ``(logits, target, weight)`` chunks.
+
+    ``shift=True`` (causal language models): (batch, seq, vocab) logits
+    against (batch, seq) token ids, each position scored against the next
+    token, ``logits[:, :-1]`` against ``target[:, 1:]``: views, no copy,
+    chunked over the batch axis (each chunk of an iterable is shifted alike).
+
+    ``per_sequence=True`` fills ``EvalResult.per_sequence`` (loss, perplexity
+    and scored tokens per entry of the targets' first axis).  ``per_token``, a
+    float array of the (shifted) targets' shape, receives each row's loss
+    chunk by chunk (0 where the target is ``ignore_index``, as PyTorch's
+    ``reduction="none"``); pass ``np.lib.format.open_memmap(path, "w+", ...)``
+    to write a file in bounded memory.  Both need arrays, not an iterable.
+
+    ``dtype="bfloat16"`` reads host logits of raw 2-byte values (``|V2``, what
+    ``np.save`` writes for an ``ml_dtypes.bfloat16`` array; uint16; int16) as
+    bfloat16, as a view (a memory map stays one); other item sizes raise
+    ``TypeError``.  Needs ``ml_dtypes`` (the ``bf16`` extra).
 
     ``device``: ``"cpu"``, ``"cuda"`` (host chunks are streamed to the GPU) or
     ``"auto"`` (the GPU for CUDA arrays, and for host arrays when a GPU is
@@ -349,28 +515,51 @@ def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=Fals
         chunk_rows = _positive_int(chunk_rows, "chunk_rows")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    recorder = None
     if target is None:
         if weight is not None:
             raise TypeError("with an iterable of chunks, pass weights inside the chunks")
-        chunks, total_rows = _pairs(logits), None
+        if per_sequence or per_token is not None:
+            raise TypeError("per_sequence and per_token need the logits and targets as arrays, not an iterable")
+        chunks, total_rows = _pairs(logits, dtype), None
+        if shift:
+            chunks = _shifted(chunks, evaluator.axis)
     else:
-        logits, target = _as_array(logits), _as_array(target)
+        logits, target = reinterpret(_as_array(logits), dtype), _as_array(target)
+        weight = None if weight is None else _as_array(weight)
         if logits.ndim == 0:
             raise ValueError("logits must have at least one dimension (the class axis), got a scalar")
         axis = normalize_axis(evaluator.axis, logits.ndim)
-        expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
-        _checks.check_shape("target", tuple(target.shape), expected,
-                            "class indices have the logits' shape without the class axis")
-        if weight is not None:
-            weight = _as_array(weight)
-            _checks.check_shape("weight", tuple(weight.shape), expected, "one weight per target")
+        if shift:
+            scored = next_token_views(logits, target, weight, axis)[1].shape
+        else:
+            scored = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+            _checks.check_shape("target", tuple(target.shape), scored,
+                                "class indices have the logits' shape without the class axis")
+            if weight is not None:
+                _checks.check_shape("weight", tuple(weight.shape), scored, "one weight per target")
+        if per_sequence or per_token is not None:
+            recorder = _Recorder(scored, _check_per_token(per_token, scored), per_sequence)
         rows = chunk_rows or default_chunk_rows(logits, axis)
-        chunks, total_rows = row_chunks(logits, target, weight, axis, rows), prod(expected)
+        chunks, total_rows = row_chunks(logits, target, weight, axis, rows), prod(scored)
+        if shift:
+            chunks = _shifted(chunks, axis)
+        if recorder is not None:
+            chunks = recorder.tagged(chunks)
+    origin = (1,) if shift else ()  # token i + 1 is scored at position i: errors name the token
     first = next(chunks, None)
-    if first is None:  # an empty iterable of chunks
-        return evaluator.compute()
-    chunks = itertools.chain([first], chunks)
+    if first is not None:  # else an empty iterable, or no row
+        _score_chunks(evaluator, itertools.chain([first], chunks), first, recorder, origin, total_rows, progress,
+                      device)
+    result = evaluator.compute()
+    if recorder is not None and per_sequence:
+        result = dataclasses.replace(result, per_sequence=recorder.per_sequence())
+    return result
+
+
+def _score_chunks(evaluator, chunks, first, recorder, origin, total_rows, progress, device):
     bar = Progress(total_rows, enabled=progress)
+    evaluator._sink = recorder
     try:
         if _streams_to_gpu(device, first.logits):
             from .cuda.pipeline import stream_host_chunks
@@ -380,11 +569,11 @@ def evaluate(logits, target=None, *, weight=None, chunk_rows=None, progress=Fals
             for chunk in chunks:
                 if device == "cpu" and is_cuda_array(chunk.logits):
                     raise ValueError("device='cpu' needs host logits, but these live on a GPU")
-                evaluator._update(chunk.logits, chunk.target, chunk.weight, None, (chunk.first_row,))
+                evaluator._update(chunk.logits, chunk.target, chunk.weight, None, (chunk.first_row, *origin))
                 bar.update(chunk.rows, chunk.logits.nbytes)
     finally:
         bar.close()
-    return evaluator.compute()
+        evaluator._sink = None
 
 
 def _streams_to_gpu(device, logits):

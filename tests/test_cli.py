@@ -54,6 +54,7 @@ def test_score_json_equals_evaluate(files, capsys):
     assert code == 0
     data = json.loads(out)
     assert data.pop("throughput")["seconds"] > 0
+    assert data.pop("inputs")["logits"]["shape"] == [300, 20]
     assert data == json.loads(json.dumps(nbce.evaluate(x, t).to_dict()))
 
 
@@ -84,7 +85,7 @@ def _bad_inputs(folder, tmp_path):
         ((f"{tmp_path / 'two.npz'}:c", targets), "has no array 'c'"),
         ((tmp_path / "int_logits.npy", targets), "floating-point"),
         ((logits, tmp_path / "float_targets.npy"), "integer class indices"),
-        ((logits, tmp_path / "short_targets.npy"), "target has shape"),
+        ((logits, tmp_path / "short_targets.npy"), "(299 int64) does not fit"),
         ((logits, tmp_path / "bad_targets.npy"), r"target[0] = 20 is not a class index"),
     ]
 

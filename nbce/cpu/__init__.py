@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks
 from .. import _arrays
-from .._arrays import as_rows
+from .._arrays import as_rows, host_array
 from .._threads import launches
 from . import kernels
 
@@ -29,7 +29,7 @@ def resolve_stream(stream, like):
 
 
 def target_dtype(target):
-    return np.asarray(target).dtype
+    return host_array(target).dtype
 
 
 @launches
@@ -85,10 +85,6 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=None):
 def to_host(arrays, stream=None):
     """Per-row results are already host arrays."""
     return arrays
-
-
-def host_array(values):
-    return np.asarray(values)
 
 
 _ONE = np.ones((), dtype=np.float64)
