@@ -16,6 +16,7 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import nbce
+import reference as ref
 from conftest import TOLERANCES, ml_dtypes
 
 try:
@@ -475,3 +476,41 @@ def test_binary(data, dtype, shape_axis, layout, from_logits, weight_kind, pos_w
     where = f"binary from_logits={from_logits} {x!r} {y!r} weight={weight!r} pos_weight={pos_weight!r} {reduction}"
     compare_backends(dtype, expected, lambda: call(on_host, y),
                      on_device is not None and (lambda: call(on_device, cuda.to_device(y))), where)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.data(), st.sampled_from(DTYPES), shapes(), st.sampled_from(["normal", "masked", "huge", "mixed"]),
+       st.sampled_from(INT_DTYPES), st.sampled_from([(1,), (1, 2), (1, 5)]), st.booleans())
+def test_evaluate(data, dtype, shape_axis, regime, target_dtype, top_k, weighted):
+    """nbce.evaluate on finite and masked logits (NaN and +inf rows have their
+    own rule: every figure NaN) against the reference's metrics."""
+    shape, axis = shape_axis
+    values = data.draw(st.lists(ELEMENTS[regime], min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    x = cast(np.array(values, dtype=np.float64), dtype).reshape(shape)
+    n_classes = shape[axis]
+    batch = shape[:axis] + shape[axis + 1:]
+    classes = [v for v in [*range(n_classes), -100] if np.iinfo(target_dtype).min <= v]
+    target = np.array(data.draw(st.lists(st.sampled_from(classes), min_size=int(np.prod(batch)),
+                                         max_size=int(np.prod(batch)))), dtype=target_dtype).reshape(batch)
+    weight = None
+    if weighted:
+        weight = np.array(data.draw(st.lists(st.floats(0, 3), min_size=target.size,
+                                             max_size=target.size))).reshape(batch)
+    expected = ref.evaluation(x, target, axis=axis, top_k=top_k, weight=weight)
+
+    def check(result, where):
+        rtol, atol = TOLERANCES[dtype]
+        assert (result.count, result.ignored) == (expected["count"], expected["ignored"]), where
+        for name in ("loss", "entropy"):
+            np.testing.assert_allclose(getattr(result, name), expected[name], rtol=rtol, atol=atol,
+                                       err_msg=f"{where} {name}")
+        for k in top_k:
+            np.testing.assert_allclose(result.accuracy[k], expected["accuracy"][k], rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{where} top-{k}")
+
+    where = f"evaluate({x!r}, {target!r}, axis={axis}, top_k={top_k}, weight={weight!r})"
+    check(nbce.evaluate(x, target, axis=axis, top_k=top_k, weight=weight, device="cpu"), f"cpu {where}")
+    if on_gpu(dtype):
+        d_weight = None if weight is None else cuda.to_device(weight)
+        check(nbce.evaluate(cuda.to_device(x), cuda.to_device(target), axis=axis, top_k=top_k, weight=d_weight),
+              f"gpu {where}")
