@@ -12,16 +12,17 @@ dtype).
 
 import numpy as np
 import pytest
+import reference as ref
+from conftest import TOLERANCES, ml_dtypes
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import nbce
-import reference as ref
-from conftest import TOLERANCES, ml_dtypes
 
 try:
-    import nbce.cuda as cuda_backend
     from numba import cuda
+
+    import nbce.cuda as cuda_backend
 except ImportError:  # no numba-cuda: the CPU half of each example still runs
     cuda_backend = None
 
@@ -353,12 +354,12 @@ def extreme_integers(dtype):
 IGNORE_INDICES = st.one_of(st.just(-100), st.integers(-3, 45))
 EXTREME_IGNORE_INDICES = [INT64.min, INT64.max, 2**63, 2**64 - 1, -(2**63) - 1, 2**64 - 2**40, 255, 127, -128,
                           2**32 - 1]
-OPTIONS = st.fixed_dictionaries(dict(
-    weight_kind=st.sampled_from([None, "float64", "float32", "int64", "bfloat16", "zeros"]),
-    reduction=st.sampled_from(["none", "mean", "sum"]),
-    label_smoothing=st.one_of(st.just(0.0), st.floats(0, 1), st.just(1.0)),
-    input_type=st.sampled_from(["logits", "logits", "log_probs", "probs"]),
-))
+OPTIONS = st.fixed_dictionaries({
+    "weight_kind": st.sampled_from([None, "float64", "float32", "int64", "bfloat16", "zeros"]),
+    "reduction": st.sampled_from(["none", "mean", "sum"]),
+    "label_smoothing": st.one_of(st.just(0.0), st.floats(0, 1), st.just(1.0)),
+    "input_type": st.sampled_from(["logits", "logits", "log_probs", "probs"]),
+})
 INVALID_OPTIONS = [("weight_kind", "wrong_length"), ("reduction", "max"), ("label_smoothing", 1.5),
                    ("label_smoothing", -0.1), ("label_smoothing", "0.1"), ("input_type", "scores")]
 
@@ -402,7 +403,6 @@ def test_cross_entropy_class_indices(data, dtype, shape_axis, layout, target_dty
     info = np.iinfo(target_dtype)
     candidates = [v for v in [*range(n_classes), ignore_index, n_classes, -1, *extreme_integers(target_dtype)]
                   if info.min <= v <= info.max]
-    valid = [v for v in candidates if 0 <= v < n_classes]
     size = int(np.prod(batch))
     if data.draw(st.integers(0, 3)) == 2:  # now and then out-of-range or extreme values among the classes
         values = data.draw(st.lists(st.sampled_from(candidates), min_size=size, max_size=size))
