@@ -282,3 +282,19 @@ def test_cuda_arrays_are_recognised():
 
     assert is_cuda_array(CudaInterface()) and is_cuda_array(DlpackOnGpu())
     assert not is_cuda_array(DlpackOnHost()) and not is_cuda_array(np.zeros(3))
+
+
+def test_mean_over_zero_target_weight_is_nan_even_with_smoothing(backend):
+    """PyTorch's mean of the target terms is 0/0 there; the smoothed sum does not make it ±inf."""
+    x = backend.to_device(np.zeros((1, 2)))
+    got = backend.to_host(nbce.cross_entropy(x, np.array([0]), weight=[0.0, 1.0], label_smoothing=0.5))
+    assert np.isnan(got)
+
+
+def test_host_probability_targets_beside_device_logits(backend, rng):
+    x = rng.standard_normal((3, 4))
+    p = rng.uniform(0.0, 1.0, (3, 4))
+    got = backend.to_host(nbce.cross_entropy(backend.to_device(x), p, reduction="none"))
+    np.testing.assert_allclose(got, nbce.cross_entropy(x, p, reduction="none"), rtol=1e-12)
+    got = backend.to_host(nbce.binary_cross_entropy_with_logits(backend.to_device(x), p, reduction="none"))
+    np.testing.assert_allclose(got, nbce.binary_cross_entropy_with_logits(x, p, reduction="none"), rtol=1e-12)

@@ -136,13 +136,17 @@ def finish(values, dtype, shape, stream=None):
 
 def reduce(values, reduction, dtype, denominator, stream=None):
     """Sum (float64), or the sum divided by ``denominator`` (a count, or a
-    vector whose sum is the count); 0/0 gives NaN."""
+    vector whose sum is the count); a zero denominator gives NaN, as in
+    PyTorch (its mean of the target terms is 0/0 even when label smoothing
+    adds a non-zero sum)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         total = np.sum(values)
         if reduction == "sum":
             return dtype.type(total)
         if not np.isscalar(denominator):
             denominator = np.sum(denominator)
+        if denominator == 0:
+            return dtype.type(np.nan)
         return dtype.type(np.float64(total) / np.float64(denominator))
 
 

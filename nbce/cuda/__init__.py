@@ -12,7 +12,7 @@ from math import prod
 
 import numpy as np
 
-from .. import _checks
+from .. import _arrays, _checks
 from .._dispatch import is_cuda_array
 from . import _device as dev
 from . import rows as rows_module
@@ -98,7 +98,15 @@ def _library(obj):
 
 
 def as_float_array(obj, name, stream=None):
-    """A checked floating-point device operand; ``stream``: where it will be read."""
+    """A checked floating-point device operand; ``stream``: where it will be read.
+
+    A host operand (class-probability or binary targets beside device logits)
+    is checked as on the CPU and copied to the device."""
+    if not is_cuda_array(obj):
+        host = _arrays.as_float_array(obj, name)
+        bfloat16 = host.dtype.name == "bfloat16"
+        data = dev.to_device(np.ascontiguousarray(host.view(np.uint16) if bfloat16 else host), stream=stream or 0)
+        return DeviceFloats(data, np.dtype(np.float32) if bfloat16 else host.dtype, bfloat16, data)
     if _library(obj) == "torch" and str(obj.dtype) == "torch.bfloat16":
         import torch
 

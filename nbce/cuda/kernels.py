@@ -75,12 +75,11 @@ def log_of(s):
 
 @dev.jit(device=True)
 def ratio(numerator, denominator):
-    """numerator / denominator as NumPy divides: 0/0 = NaN, x/0 = ±inf."""
+    """A mean's numerator / denominator; NaN for a zero denominator, as the CPU
+    backend and PyTorch give."""
     if denominator != 0.0:
         return numerator / denominator
-    if numerator != numerator or numerator == 0.0:
-        return NAN
-    return math.copysign(INF, numerator)
+    return NAN
 
 
 @lru_cache(maxsize=None)
@@ -230,7 +229,7 @@ def utility_kernels(threads):
 
     @jit
     def quotient(numerator, denominator, out):
-        """out[0] = numerator[0] / denominator[0], with 0/0 = NaN as in NumPy."""
+        """out[0] = numerator[0] / denominator[0] (NaN for a zero denominator)."""
         if cuda.grid(1) == 0:
             out[0] = ratio(numerator[0], denominator[0])
 
