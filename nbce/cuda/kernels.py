@@ -82,6 +82,21 @@ def ratio(numerator, denominator):
     return NAN
 
 
+@dev.jit(device=True)
+def logit_loss(x, y, pos_weight):
+    """PyTorch's (1 - y) x + c (log1p(e^-|x|) + max(-x, 0)), c = 1 + (pos_weight - 1) y,
+    without its cancellation for x << 0: there it equals -pos_weight y x +
+    c log1p(e^x), a sum of two terms of one sign.  x = -inf keeps PyTorch's
+    form (and its NaN)."""
+    c = 1.0 + (pos_weight - 1.0) * y
+    tail = math.log1p(math.exp(-abs(x)))
+    if x >= 0.0:
+        return (1.0 - y) * x + c * tail
+    if x != -INF:
+        return -pos_weight * y * x + c * tail
+    return (1.0 - y) * x + c * (tail - x)
+
+
 @lru_cache(maxsize=None)
 def group_summer(threads):
     """Device function ``group_sum`` for blocks of ``threads``."""
@@ -163,8 +178,7 @@ def elementwise_kernels(threads, narrow, bfloat16, target_bfloat16=False):
                 weight = broadcast_load(w, r, j)
                 if from_logits:
                     positive = broadcast_load(pw, r, j)
-                    softplus = math.log1p(math.exp(-abs(v))) + max(-v, 0.0)
-                    loss = weight * ((1.0 - target) * v + (1.0 + (positive - 1.0) * target) * softplus)
+                    loss = weight * logit_loss(v, target, positive)
                 else:
                     if v < 0.0 or v > 1.0 or target < 0.0 or target > 1.0:  # PyTorch refuses both
                         bad_here += 1
