@@ -46,6 +46,17 @@ def make_logits(rng, shape, dtype, scale=3.0):
     return (rng.standard_normal(shape) * scale).astype(np_dtype(dtype))
 
 
+def save_evaluation_set(folder, rng, shape, dtype, pad_every):
+    """logits.npy and targets.npy in ``folder`` (every ``pad_every``-th target
+    -100); returns (folder, logits, targets)."""
+    x = make_logits(rng, shape, dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::pad_every] = -100
+    np.save(folder / "logits.npy", x)
+    np.save(folder / "targets.npy", t)
+    return folder, x, t
+
+
 def assert_close(actual, expected, dtype):
     rtol, atol = TOLERANCES[dtype]
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=atol)

@@ -5,19 +5,14 @@ import pytest
 
 import nbce
 from nbce import cli
-from conftest import make_logits
+from conftest import save_evaluation_set
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 
 @pytest.fixture
 def saved(tmp_path, rng):
-    x = make_logits(rng, (200, 33), "bfloat16")
-    t = rng.integers(0, 33, 200)
-    t[::7] = -100
-    np.save(tmp_path / "logits.npy", x)
-    np.save(tmp_path / "targets.npy", t)
-    return tmp_path, x, t
+    return save_evaluation_set(tmp_path, rng, (200, 33), "bfloat16", 7)
 
 
 def test_np_save_of_bfloat16_stores_void(saved):

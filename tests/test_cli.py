@@ -18,17 +18,12 @@ import pytest
 import nbce
 from nbce import _files, cli
 from nbce._files import open_array
-from conftest import make_logits
+from conftest import save_evaluation_set
 
 
 @pytest.fixture
 def files(tmp_path, rng):
-    x = make_logits(rng, (300, 20), "float16")
-    t = rng.integers(0, 20, 300)
-    t[::10] = -100
-    np.save(tmp_path / "logits.npy", x)
-    np.save(tmp_path / "targets.npy", t)
-    return tmp_path, x, t
+    return save_evaluation_set(tmp_path, rng, (300, 20), "float16", 10)
 
 
 def run(capsys, *argv):
