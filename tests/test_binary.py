@@ -77,3 +77,13 @@ def test_strided_inputs(rng):
     x = make_logits(rng, (10, 12), "float32")[::2, ::3]
     y = rng.random((10, 12)).astype(np.float32)[1::2, ::3]
     assert_close(nbce.binary_cross_entropy_with_logits(x, y), ref.binary_cross_entropy_with_logits(x, y), "float32")
+
+
+def test_logits_far_below_zero_do_not_cancel(backend):
+    """(1 - y) x + c (log1p(e^-|x|) - x) cancels for x << 0; the loss there is
+    -pos_weight y x + c log1p(e^x), never negative (the form PyTorch rounds to 0)."""
+    x = np.array([-1e12, -50.0, -1e12])
+    y = np.array([0.1184783048901004, 0.3, 1.0])
+    got = backend.to_host(nbce.binary_cross_entropy_with_logits(backend.to_device(x), backend.to_device(y),
+                                                                pos_weight=0.0, reduction="none"))
+    np.testing.assert_allclose(got, [0.0, 0.7 * np.log1p(np.exp(-50.0)), 0.0], rtol=1e-12, atol=0)

@@ -11,7 +11,8 @@ a non-unit class stride costs a per-row gather into a small buffer.
 import numpy as np
 from numba import njit, prange
 
-from .._config import ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._config import ELEMENTWISE_JIT_OPTIONS, ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._formulas import logit_loss
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._bits import widen
 from ._exp import vexp
@@ -178,13 +179,17 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
         confidence_out[r] = np.exp(log_softmax_entry(top, shift, log_total))
 
 
+# Compiled without reassociation: the formula's form is what avoids cancellation.
+_logit_loss = njit(**ELEMENTWISE_JIT_OPTIONS)(logit_loss)
+
+
 @njit(**JIT_OPTIONS)
 def _clamped_log(x):
     lp = np.log(x)
     return LOG_CLAMP if lp < LOG_CLAMP else lp
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
+@njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)  # no reassociation: _logit_loss's form must stay as written
 def binary_rows(from_logits, length, x_base, x_geom, y_base, y_geom, w_base, w_geom, pw_base, pw_geom,
                 elementwise_out, row_sum_out, bad_out):
     """Binary cross-entropy, element by element, over rows of the last axis.
@@ -210,8 +215,7 @@ def binary_rows(from_logits, length, x_base, x_geom, y_base, y_geom, w_base, w_g
             w = np.float64(widen(w_base[wo + j * ws]))
             if from_logits:
                 pw = np.float64(widen(pw_base[po + j * ps]))
-                softplus = np.log1p(np.exp(-abs(x))) + max(-x, 0.0)
-                loss = w * ((1.0 - y) * x + (1.0 + (pw - 1.0) * y) * softplus)
+                loss = w * _logit_loss(x, y, pw)
             else:
                 if x < 0.0 or x > 1.0 or y < 0.0 or y > 1.0:
                     bad += 1
