@@ -1,17 +1,20 @@
-"""Element-wise binary cross-entropy: the per-element losses and the chunk walker.
+"""Element-wise binary cross-entropy: the per-element losses and their block loops.
 
 The binary losses are element-wise, so the CPU kernel (``kernels.binary_chunks``)
 splits the flattened elements into chunks of ``CHUNK`` elements, whatever the
-shape, and sums each chunk serially in float64.  The chunks' sums are added
-in index order afterwards, so a result does not depend on the thread count.
+shape, and sums each chunk serially in float64.  The chunks' sums are then
+added on the host by one fixed-order (NumPy pairwise) sum, so a result does
+not depend on the thread count.
 
-A chunk is walked in segments that lie within one row of the last axis (rows
+A chunk (``kernels._binary_chunk``) is walked in segments that lie within one row of the last axis (rows
 as in ``kernels``: ``base[offset(r) + j*step]``) and each segment in blocks
 of at most ``BLOCK`` elements.  A block's logits and targets are read in
 place when their step is 1 and gathered into small buffers otherwise;
 weights and pos_weights always come through buffers (filled once per segment
 when broadcast along the row, copied or gathered otherwise), so the block
-loop sees contiguous operands and becomes vector code.
+loops see contiguous operands and become vector code: one writes the
+block's losses (into the result, or a scratch buffer for a reduction), the
+next sums them.
 
 The losses are evaluated in the compute type (float32 for float32 and half
 inputs, float64 for float64) with the vector ``vexp``, ``log1p_unit`` and

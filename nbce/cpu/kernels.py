@@ -1,4 +1,5 @@
-"""The CPU kernels: ``prange`` over rows, one serial streaming pass per row.
+"""The CPU kernels: ``prange`` over rows, one serial streaming pass per row
+(the element-wise binary losses: over fixed chunks of elements, see ``_binary``).
 
 Every strided operand arrives as ``(base, geom)``: ``base`` is a 1-D,
 contiguous view spanning the operand's memory and ``geom`` an int64 array
