@@ -192,7 +192,9 @@ def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", stream
     ``weight`` broadcasts to it by NumPy's rules.  ``"mean"`` averages over all
     elements.  Probabilities or targets outside [0, 1] raise ``ValueError``
     naming the first (probabilities checked first), as PyTorch refuses them;
-    NaN propagates (PyTorch raises).
+    NaN propagates (PyTorch raises).  On the CPU :math:`\log(1-p)` is
+    evaluated as :math:`\operatorname{log1p}(-p)` in the input's float type
+    (float32 for float32 and half inputs), so tiny probabilities keep it.
     """
     return _binary(probs, target, weight, None, reduction, False, stream)
 
@@ -207,5 +209,12 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     to the input's shape by NumPy's rules: on the CPU a scalar, one value per
     last-axis entry (``pos_weight``'s usual (C,), one per class in
     multi-label problems), one per row (R, 1), or the full shape.
+
+    On the CPU the loss is evaluated as
+    :math:`w\,[\,(1-y)\,\mathrm{sp}(x) + p_w\, y\, \mathrm{sp}(-x)\,]` with
+    :math:`\mathrm{sp}(x) = \log(1 + e^x)` (the same value for finite :math:`x`,
+    without the cancellation of :math:`(1-y)\,x` against :math:`\mathrm{sp}(-x)`),
+    in the input's float type (float32 for float32 and half inputs; softplus
+    within 2 ulp); infinite logits take PyTorch's formula, NaN included.
     """
     return _binary(logits, target, weight, pos_weight, reduction, True, stream)

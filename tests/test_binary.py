@@ -87,3 +87,83 @@ def test_logits_far_below_zero_do_not_cancel(backend):
     got = backend.to_host(nbce.binary_cross_entropy_with_logits(backend.to_device(x), backend.to_device(y),
                                                                 pos_weight=0.0, reduction="none"))
     np.testing.assert_allclose(got, [0.0, 0.7 * np.log1p(np.exp(-50.0)), 0.0], rtol=1e-12, atol=0)
+
+
+# Shapes whose rows cross the kernel's chunk boundaries (``_binary.CHUNK``
+# elements each), with the weight layouts that keep rows apart.
+CHUNK = 1 << 15
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rows_across_chunks(reduction, dtype, rng):
+    shape = (5, CHUNK // 3 + 7, 3)
+    x = make_logits(rng, shape, dtype, scale=4.0)
+    y = rng.random(shape).astype(np_dtype(dtype))
+    weight = rng.random((5, 1, 1))
+    pos_weight = rng.random(3) * 3
+    got = nbce.binary_cross_entropy_with_logits(x, y, weight=weight, pos_weight=pos_weight, reduction=reduction)
+    expected = ref.binary_cross_entropy_with_logits(x, y, weight=weight, pos_weight=pos_weight, reduction=reduction)
+    assert_close(got, expected, dtype)
+    p = rng.random(shape).astype(np_dtype(dtype))
+    assert_close(nbce.binary_cross_entropy(p, y, weight=weight, reduction=reduction),
+                 ref.binary_cross_entropy(p, y, weight=weight, reduction=reduction), dtype)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "column", "every_other"])
+def test_layouts_across_chunks(layout, rng):
+    x = make_logits(rng, (3 * CHUNK + 11,), "float32")
+    y = (rng.random(x.shape) < 0.5).astype(np.float32)
+    if layout == "transposed":
+        x, y = x[:-11].reshape(CHUNK, 3).T, y[:-11].reshape(CHUNK, 3).T
+    elif layout == "column":
+        x, y = x[:, None], y[:, None]
+    else:
+        x, y = x[1::2], y[::2][:x[1::2].size]
+    for reduction in REDUCTIONS:
+        assert_close(nbce.binary_cross_entropy_with_logits(x, y, reduction=reduction),
+                     ref.binary_cross_entropy_with_logits(x, y, reduction=reduction), "float32")
+
+
+def test_results_do_not_depend_on_the_thread_count(rng):
+    import numba
+
+    shape = (7, 3 * CHUNK // 7 + 5)
+    x = make_logits(rng, shape, "float32")
+    y = rng.random(shape).astype(np.float32)
+    p = rng.random(shape).astype(np.float32)
+    weight = rng.random(shape[1])
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            results.append([nbce.binary_cross_entropy_with_logits(x, y, weight=weight, reduction="sum"),
+                            nbce.binary_cross_entropy(p, y, reduction="mean")])
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(r, results[0]) for r in results)
+
+
+def test_small_losses_keep_their_relative_accuracy():
+    # softplus(x) for x << 0 and -log(1 - p) for tiny p: PyTorch's formulas
+    # would lose them to cancellation (logits) or to 1 - p rounding to 1 (float32).
+    x = np.array([-20.0, -50.0, -80.0], np.float32)
+    got = nbce.binary_cross_entropy_with_logits(x, np.zeros(3, np.float32), reduction="none")
+    np.testing.assert_allclose(got, np.log1p(np.exp(x.astype(np.float64))), rtol=1e-6)
+    p = np.array([1e-9, 3e-12, 2e-30], np.float32)
+    got = nbce.binary_cross_entropy(p, np.zeros(3, np.float32), reduction="none")
+    np.testing.assert_allclose(got, -np.log1p(-p.astype(np.float64)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_infinite_logits_follow_pytorch(dtype):
+    """(1 - y) x + (1 + (pw - 1) y) softplus(-x) with inf - inf = NaN, as PyTorch evaluates it."""
+    x = np.repeat([np.inf, -np.inf], 4).astype(dtype)
+    y = np.tile([0.0, 1.0, 0.5, 2.0], 2).astype(dtype)
+    pos_weight = np.float64(1.5)
+    with np.errstate(invalid="ignore"):
+        wide = x.astype(np.float64)
+        expected = (1 - y) * wide + (1 + (pos_weight - 1) * y) * (np.log1p(np.exp(-np.abs(wide))) + np.maximum(-wide, 0))
+    got = nbce.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="none")
+    np.testing.assert_array_equal(got, expected.astype(dtype))

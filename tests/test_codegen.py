@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nbce._config import FASTMATH
-from nbce.cpu import _rows
+from nbce._config import ELEMENTWISE_JIT_OPTIONS, FASTMATH, JIT_OPTIONS
+from nbce.cpu import _binary, _rows
 
 # packed single/double arithmetic (SSE "ps"/"pd" on xmm, AVX on ymm, AVX-512 on zmm)
 PACKED_FMA_OR_MUL = re.compile(r"\bv?(?:fn?m(?:add|sub)\d*|mul)p[sd]\s")
 PACKED_INT_MAX = re.compile(r"\bv?pmax(?:s[dq]|u[dq])\s|\bvpcmpgtq\s")
 
 
-def _asm(helper, *args):
-    fresh = njit(fastmath=set(FASTMATH))(helper.py_func)
+def _asm(helper, *args, options=None):
+    """``helper`` recompiled with ``options`` (default: the fast-math flags alone)."""
+    fresh = njit(**{**(options or dict(fastmath=set(FASTMATH))), "cache": False})(helper.py_func)
     fresh(*args)
     return fresh.inspect_asm(fresh.signatures[0])
 
@@ -61,3 +62,34 @@ def test_count_above_the_target_is_vectorized(dtype):
         block = block.view(np.int16)
     asm = _asm(_rows._count_above, block, pivot)
     assert re.search(r"\bv?cmp\w*p[sd]\s", asm), "comparison did not vectorize"
+
+
+def _calls_numba_functions(helper, *args, options):
+    """The Numba functions that ``helper``'s machine code still calls (none: all inlined)."""
+    fresh = njit(**{**options, "cache": False})(helper.py_func)
+    fresh(*args)
+    signature = fresh.signatures[0]
+    own = fresh.overloads[signature].fndesc.mangled_name
+    return {name for name in re.findall(r"call [^@\n]*@(_ZN\w+)", fresh.inspect_llvm(signature)) if name != own}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_binary_losses_are_vectorized(dtype):
+    """The element-wise binary losses (exp, log1p, log, divisions) become packed code."""
+    values = np.zeros(512, dtype=np.float32).astype(dtype)
+    compute = np.float64 if dtype == "float64" else np.float32
+    if dtype == "float16":
+        values = values.view(np.int16)
+    weight, out = np.ones(512), np.zeros(512, compute)
+    for helper, args in [(_binary.logits_losses, (values, values, weight, weight, out)),
+                         (_binary.probability_losses, (values, values, weight, out))]:
+        asm = _asm(helper, *args, options=ELEMENTWISE_JIT_OPTIONS)
+        assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 10, f"{helper.__name__} did not vectorize"
+        assert re.search(r"\bv?divp[sd]\s", asm), f"{helper.__name__}: the divisions did not vectorize"
+        assert not _calls_numba_functions(helper, *args, options=ELEMENTWISE_JIT_OPTIONS)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_block_sum_is_vectorized(dtype):
+    asm = _asm(_binary.float64_sum, np.zeros(512, dtype), options=JIT_OPTIONS)
+    assert re.search(r"\bv?addpd\s+%[xyz]mm\d+, %[xyz]mm\d+, %[xyz]mm", asm) or re.search(r"\baddpd\s", asm)

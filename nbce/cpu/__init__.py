@@ -6,6 +6,7 @@ functions for device arrays.  Per-row results are float64.
 """
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .. import _checks
 from .. import _arrays
@@ -90,41 +91,64 @@ def to_host(arrays, stream=None):
 _ONE = np.ones((), dtype=np.float64)
 
 
-def _broadcast_rows(values, shape, name):
-    """``values`` broadcast to ``shape`` (no copy), as rows of the last axis."""
+def _broadcast(values, shape, name):
+    """``values`` broadcast to ``shape`` (no copy)."""
     array = as_float_array(_ONE if values is None else values, name)
     try:
-        array = np.broadcast_to(array, shape)
+        return np.broadcast_to(array, shape)
     except ValueError:
         raise ValueError(f"{name} of shape {array.shape} cannot be broadcast to the input shape {shape}") from None
-    return as_rows(array, -1)
+
+
+def _merged_rows(operands):
+    """Rows (``as_rows``, last axis) of same-shape operands, after dropping unit
+    axes and merging neighbouring axes that every operand walks as one (views,
+    no copy).  A contiguous input with scalar weights becomes one row, and so
+    do 1-D inputs, (N, 1) inputs and (R, L) inputs with a weight per element."""
+    shape = operands[0].shape
+    dims = [(n, [a.strides[d] for a in operands]) for d, n in enumerate(shape) if n != 1]
+    merged = []
+    for n, strides in dims:
+        if merged and all(outer == n * inner for outer, inner in zip(merged[-1][1], strides)):
+            merged[-1] = (merged[-1][0] * n, strides)
+        else:
+            merged.append((n, strides))
+    if not merged or 0 in shape:
+        return [as_rows(a.reshape(-1), -1) for a in operands]
+    new_shape = tuple(n for n, _ in merged)
+    return [as_rows(as_strided(a, new_shape, tuple(s[i] for _, s in merged), writeable=False), -1)
+            for i, a in enumerate(operands)]
 
 
 @launches
 def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=None):
-    """(element-wise loss or None, per-row sums).
+    """(element-wise loss or None, partial sums whose sum is the total).
 
     Probabilities, then targets, outside [0, 1] raise ``ValueError`` naming
     the first one, as PyTorch refuses them (NaN propagates instead).
     ``weight`` and ``pos_weight`` broadcast to the input's shape by NumPy's
     rules (PyTorch's too): a scalar, one value per last-axis entry (C,), one
-    per row (R, 1), or the full shape.
+    per row (R, 1), or the full shape.  The partial sums are those of
+    fixed-size chunks of the flattened input (``kernels.binary_chunks``), the
+    same for every thread count.
     """
     shape = x.shape if x.ndim else (1,)
-    x_rows = as_rows(x.reshape(shape), -1)
-    y_rows = as_rows(y.reshape(shape), -1)
-    w_rows = _broadcast_rows(weight, shape, "weight")
-    pw_rows = _broadcast_rows(pos_weight, shape, "pos_weight")
-    n_rows = x_rows.n_rows
+    operands = [x.reshape(shape), y.reshape(shape), _broadcast(weight, shape, "weight"),
+                _broadcast(pos_weight, shape, "pos_weight")]
+    x_rows, y_rows, w_rows, pw_rows = _merged_rows(operands)
+    n_elements = x.size
     store = elementwise_dtype is not None
-    elementwise = np.empty((n_rows, x_rows.length) if store else (0, 0), dtype=elementwise_dtype or np.float64)
-    row_sums = np.empty(n_rows, dtype=np.float64)
-    bad = np.empty(n_rows, dtype=np.int64)
-    kernels.binary_rows(from_logits, x_rows.length, x_rows.base, x_rows.geom, y_rows.base, y_rows.geom,
-                        w_rows.base, w_rows.geom, pw_rows.base, pw_rows.geom, elementwise, row_sums, bad)
+    # Not stored: an empty array of the type the losses are computed in (float32, float64).
+    elementwise = np.empty(n_elements if store else 0, dtype=elementwise_dtype or _arrays.result_dtype(x.dtype))
+    n_chunks = -(-n_elements // kernels.BINARY_CHUNK)
+    chunk_sums = np.empty(n_chunks, dtype=np.float64)
+    bad = np.empty(n_chunks, dtype=np.int64)
+    kernels.binary_chunks(from_logits, n_elements, x_rows.length, x_rows.base, x_rows.geom, y_rows.base,
+                          y_rows.geom, w_rows.base, w_rows.geom, pw_rows.base, pw_rows.geom, elementwise,
+                          chunk_sums, bad)
     if bad.any():
         _checks.raise_outside_unit_interval(x, y)
-    return (elementwise if store else None), row_sums
+    return (elementwise if store else None), chunk_sums
 
 
 def finish(values, dtype, shape, stream=None):

@@ -180,3 +180,54 @@ def _cast_like_impl(value, like):
         return lambda value, like: np.float64(value)
     raise TypingError(f"cast_like: expected a float32 or float64 model, got {like}")
 
+
+
+def _log_split_constants(fty):
+    """(offset, mantissa mask, mantissa bits) of ``log_exponent``/``log_mantissa``:
+    the offset is the bit pattern of (about) sqrt(1/2)."""
+    if fty.bitwidth == 32:
+        return 0x3F3504F3, (1 << 23) - 1, 23
+    return 0x3FE6A09E667F3BCD, (1 << 52) - 1, 52
+
+
+def _log_split(builder, value, arg):
+    """(bits of ``arg`` minus the offset, offset, mask, mantissa bits, IR float, IR int)."""
+    irfloat, irint = _float_and_int(value)
+    offset, mask, mantissa_bits = _log_split_constants(value)
+    shifted = builder.sub(builder.bitcast(arg, irint), ir.Constant(irint, offset))
+    return shifted, offset, mask, mantissa_bits, irfloat, irint
+
+
+@intrinsic
+def log_exponent(typingctx, value):
+    """k, as a float, in x = 2**k * m with m in [sqrt(1/2), sqrt(2)), for a
+    positive normal x (musl's split: one integer subtract and shift).
+
+    The integer is narrowed to 32 bits before the conversion, so that float64
+    vectors convert with a packed int32 -> double instruction on every x86.
+    """
+    if value not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        shifted, _, _, mantissa_bits, irfloat, irint = _log_split(builder, value, args[0])
+        k = builder.ashr(shifted, ir.Constant(irint, mantissa_bits))
+        if value.bitwidth == 64:
+            k = builder.trunc(k, ir.IntType(32))
+        return builder.sitofp(k, irfloat)
+
+    return value(value), codegen
+
+
+@intrinsic
+def log_mantissa(typingctx, value):
+    """m in [sqrt(1/2), sqrt(2)) with x = 2**k * m (see ``log_exponent``)."""
+    if value not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        shifted, offset, mask, _, irfloat, irint = _log_split(builder, value, args[0])
+        bits = builder.add(builder.and_(shifted, ir.Constant(irint, mask)), ir.Constant(irint, offset))
+        return builder.bitcast(bits, irfloat)
+
+    return value(value), codegen

@@ -42,7 +42,7 @@ def _make_exp(dtype, degree, lowest, highest, hi_bits, full_range):
     arguments give meaningless values, and NaN is *not* propagated (the
     max pass detects NaN and +inf before any sum).
     """
-    ln2_hi, ln2_lo = _split_ln2(dtype, hi_bits)
+    ln2_hi, ln2_lo = split_ln2(dtype, hi_bits)
     log2e = dtype(1 / math.log(2))
     # Horner order: highest power first.
     leading, *rest = (dtype(c) for c in _polynomial(dtype, degree)[::-1])
@@ -100,7 +100,7 @@ def _float_bits_cleared(value, cleared):
     return float((bits & ~np.uint64((1 << cleared) - 1)).view(np.float64))
 
 
-def _split_ln2(dtype, hi_bits):
+def split_ln2(dtype, hi_bits):
     """ln 2 = hi + lo, with hi short enough that n*hi is exact."""
     hi = _float_bits_cleared(float(_LN2), 52 - hi_bits)
     return dtype(hi), dtype(float(_LN2 - Decimal(hi)))
@@ -115,7 +115,7 @@ _term_float32 = _make_exp(np.float32, 6, -87.33654, 88.3, 12, False)
 _term_float64 = _make_exp(np.float64, 13, -708.3964185322641, 709.0, 32, False)
 
 
-def _overload_by_float(stub, float32_impl, float64_impl):
+def overload_by_float(stub, float32_impl, float64_impl):
     """Compile calls of ``stub`` to ``float32_impl`` or ``float64_impl`` by argument type."""
 
     @overload(stub)
@@ -137,5 +137,5 @@ def exp_term(x):  # pragma: no cover - replaced by the overload in compiled code
     return np.exp(x)
 
 
-_overload_by_float(vexp, _exp_float32, _exp_float64)
-_overload_by_float(exp_term, _term_float32, _term_float64)
+overload_by_float(vexp, _exp_float32, _exp_float64)
+overload_by_float(exp_term, _term_float32, _term_float64)

@@ -1,4 +1,5 @@
-"""The CPU kernels: ``prange`` over rows, one serial streaming pass per row.
+"""The CPU kernels: ``prange`` over rows, one serial streaming pass per row
+(the element-wise binary losses: over fixed chunks of elements, see ``_binary``).
 
 Every strided operand arrives as ``(base, geom)``: ``base`` is a 1-D,
 contiguous view spanning the operand's memory and ``geom`` an int64 array
@@ -11,13 +12,12 @@ a non-unit class stride costs a per-row gather into a small buffer.
 import numpy as np
 from numba import njit, prange
 
-from .._config import ELEMENTWISE_JIT_OPTIONS, ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
-from .._formulas import logit_loss
+from .._config import ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
+from ._binary import BLOCK as BINARY_BLOCK, CHUNK as BINARY_CHUNK, block_loss, fill
 from ._bits import widen
 from ._exp import vexp
 from ._rows import (
-    LOG_CLAMP,
     LOGITS,
     log_normalizer,
     log_prob,
@@ -179,49 +179,67 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
         confidence_out[r] = np.exp(log_softmax_entry(top, shift, log_total))
 
 
-# Compiled without reassociation: the formula's form is what avoids cancellation.
-_logit_loss = njit(**ELEMENTWISE_JIT_OPTIONS)(logit_loss)
-
-
 @njit(**JIT_OPTIONS)
-def _clamped_log(x):
-    lp = np.log(x)
-    return LOG_CLAMP if lp < LOG_CLAMP else lp
+def _binary_chunk(from_logits, start, stop, length, x_base, x_geom, y_base, y_geom, w_base, w_geom, pw_base,
+                  pw_geom, elementwise_out, store):
+    """(sum of the losses, count of values outside [0, 1]) of elements [start, stop)
+    of the flattened input; see ``_binary``."""
+    xs, ys, ws, ps = x_geom[0], y_geom[0], w_geom[0], pw_geom[0]
+    size = min(BINARY_BLOCK, stop - start)
+    x_buffer, y_buffer = np.empty(size, x_base.dtype), np.empty(size, y_base.dtype)
+    w_buffer, pw_buffer = np.empty(size, w_base.dtype), np.empty(size, pw_base.dtype)
+    scratch = np.empty(0 if store else size, elementwise_out.dtype)
+    total = 0.0
+    bad = 0
+    r = start // length
+    j = start - r * length
+    e = start
+    while e < stop:
+        n = min(length - j, stop - e)  # the segment: row r, columns [j, j + n)
+        xo, yo = row_offset(x_geom, r) + j * xs, row_offset(y_geom, r) + j * ys
+        wo, po = row_offset(w_geom, r) + j * ws, row_offset(pw_geom, r) + j * ps
+        if ws == 0:  # broadcast along the row: one fill serves every block of the segment
+            fill(w_buffer, min(size, n), w_base, wo, 0)
+        if ps == 0:
+            fill(pw_buffer, min(size, n), pw_base, po, 0)
+        for lo in range(0, n, BINARY_BLOCK):
+            m = min(BINARY_BLOCK, n - lo)
+            w = w_buffer[:m] if ws == 0 else fill(w_buffer, m, w_base, wo + lo * ws, ws)
+            pw = pw_buffer[:m] if ps == 0 else fill(pw_buffer, m, pw_base, po + lo * ps, ps)
+            out = elementwise_out[e + lo:e + lo + m] if store else scratch[:m]
+            if xs == 1 and ys == 1:  # read in place
+                s, b = block_loss(from_logits, x_base[xo + lo:xo + lo + m], y_base[yo + lo:yo + lo + m], w, pw,
+                                  out)
+            else:
+                s, b = block_loss(from_logits, fill(x_buffer, m, x_base, xo + lo * xs, xs),
+                                  fill(y_buffer, m, y_base, yo + lo * ys, ys), w, pw, out)
+            total += s
+            bad += b
+        e += n
+        r += 1
+        j = 0
+    return total, bad
 
 
-@njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)  # no reassociation: _logit_loss's form must stay as written
-def binary_rows(from_logits, length, x_base, x_geom, y_base, y_geom, w_base, w_geom, pw_base, pw_geom,
-                elementwise_out, row_sum_out, bad_out):
-    """Binary cross-entropy, element by element, over rows of the last axis.
+@njit(**PARALLEL_JIT_OPTIONS)
+def binary_chunks(from_logits, n_elements, length, x_base, x_geom, y_base, y_geom, w_base, w_geom, pw_base, pw_geom,
+                  elementwise_out, chunk_sum_out, bad_out):
+    """Binary cross-entropy, element by element, in chunks of ``BINARY_CHUNK``
+    elements of the flattened input (``n_elements``, rows of ``length`` along
+    the last axis):
 
     probabilities: l = -w (y max(log p, -100) + (1 - y) max(log(1 - p), -100))
     logits:        l = w ((1 - y) x + (1 + (pw - 1) y) (log1p(exp(-|x|)) + max(-x, 0)))
 
-    Writes ``elementwise_out`` when it has rows, always the per-row sums, and
-    counts per row in ``bad_out`` the elements whose probability or target
-    lies outside [0, 1] (probabilities only; NaN is not counted).
+    Writes ``elementwise_out`` (flat, of the compute type) when it is not empty, always the
+    per-chunk sums, and counts per chunk in ``bad_out`` the elements whose
+    probability or target lies outside [0, 1] (probabilities only; NaN is not
+    counted).  See ``_binary`` for the evaluation.
     """
-    store = elementwise_out.shape[0] > 0
-    for r in prange(row_sum_out.size):
-        xo, xs = row_offset(x_geom, r), x_geom[0]
-        yo, ys = row_offset(y_geom, r), y_geom[0]
-        wo, ws = row_offset(w_geom, r), w_geom[0]
-        po, ps = row_offset(pw_geom, r), pw_geom[0]
-        total = 0.0
-        bad = 0
-        for j in range(length):
-            x = np.float64(widen(x_base[xo + j * xs]))
-            y = np.float64(widen(y_base[yo + j * ys]))
-            w = np.float64(widen(w_base[wo + j * ws]))
-            if from_logits:
-                pw = np.float64(widen(pw_base[po + j * ps]))
-                loss = w * _logit_loss(x, y, pw)
-            else:
-                if x < 0.0 or x > 1.0 or y < 0.0 or y > 1.0:
-                    bad += 1
-                loss = -w * (y * _clamped_log(x) + (1.0 - y) * _clamped_log(1.0 - x))
-            if store:
-                elementwise_out[r, j] = loss
-            total += loss
-        row_sum_out[r] = total
-        bad_out[r] = bad
+    store = elementwise_out.size > 0
+    for c in prange(chunk_sum_out.size):
+        start = np.int64(c) * BINARY_CHUNK
+        stop = min(n_elements, start + BINARY_CHUNK)
+        chunk_sum_out[c], bad_out[c] = _binary_chunk(from_logits, start, stop, length, x_base, x_geom, y_base,
+                                                     y_geom, w_base, w_geom, pw_base, pw_geom, elementwise_out,
+                                                     store)
