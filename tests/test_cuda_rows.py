@@ -248,3 +248,16 @@ def test_a_row_of_two_to_the_twenty_classes_split_over_blocks(rng):
     top = wide.max()
     expected = top + np.log(np.exp(wide - top).sum())
     np.testing.assert_allclose(nbce.logsumexp(cuda.to_device(x)).copy_to_host(), [expected], rtol=2e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_a_nan_read_while_the_max_is_still_minus_inf_makes_the_row_nan(dtype):
+    """A NaN before any finite value (first in the row, or after -inf) is not
+    dropped with the -inf slots: the row's results are NaN, as on the CPU."""
+    for row in ([np.nan, 0.0, 0.0], [-np.inf, np.nan, 1.0], [np.nan] + [0.0] * 9, [0.0, 0.0, np.nan]):
+        x = np.array([row], dtype=dtype)
+        for offset in (0, 1):  # the NaN in a wide slot, or in the row's element-wise head
+            whole = np.concatenate([np.zeros((1, offset), dtype), x], axis=1)
+            d = cuda.to_device(whole)[:, offset:]
+            assert np.isnan(nbce.logsumexp(d).copy_to_host()).all(), (row, offset)
+            assert np.isnan(nbce.cross_entropy(d, np.array([1]), reduction="none").copy_to_host()).all()

@@ -215,6 +215,10 @@ def row_kernels(p):
                 rest += np.float64(slot_rest)
                 if entropy_on:
                     t += np.float64(slot_moment)
+            else:  # nothing to add while the max is -inf, but a NaN still makes the row NaN
+                for v in values:
+                    if widen(v) != widen(v):
+                        rest = NAN
         if count_on:
             for v in values:
                 if widen(v) > pivot:
