@@ -14,7 +14,6 @@ from functools import lru_cache
 import numpy as np
 from numba import types
 
-from .. import _formulas as formulas
 from . import _device as dev
 from ._device import cuda
 
@@ -83,7 +82,22 @@ def ratio(numerator, denominator):
     return NAN
 
 
-logit_loss = dev.jit(device=True)(formulas.logit_loss)
+@dev.jit(device=True)
+def logit_loss(x, y, pos_weight):
+    """PyTorch's binary cross-entropy of a logit x, target y and pos_weight,
+
+        (1 - y) x + c (log1p(e^-|x|) + max(-x, 0)),   c = 1 + (pos_weight - 1) y,
+
+    without its cancellation for x << 0, where it equals -pos_weight y x +
+    c log1p(e^x): two terms of one sign.  x = -inf keeps PyTorch's form (and
+    its NaN)."""
+    c = 1.0 + (pos_weight - 1.0) * y
+    tail = math.log1p(math.exp(-abs(x)))
+    if x >= 0.0:
+        return (1.0 - y) * x + c * tail
+    if x != -INF:
+        return -pos_weight * y * x + c * tail
+    return (1.0 - y) * x + c * (tail - x)
 
 
 @lru_cache(maxsize=None)
