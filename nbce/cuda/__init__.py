@@ -2,7 +2,7 @@
 
 Operands are checked by the public layer exactly as on the CPU; this module
 turns device arrays into row-major (rows, classes) views, launches the
-kernels of ``kernels.py`` on the caller's stream and returns device arrays
+kernels of ``rows.py`` and ``kernels.py`` on the caller's stream and returns device arrays
 (wrapped back into CuPy arrays or PyTorch tensors by ``wrap_like``).
 """
 
@@ -361,9 +361,8 @@ def _finished(out, rows, reduction):
 
 def cross_entropy_indices(rows, target, weight, ignore_index, smoothing, input_type, reduction, dtype, stream=0):
     """Cross-entropy with class-index targets, reduced as asked: one read of
-    each row, one launch (two for split rows).  Host targets are checked on
-    the host; device targets in the kernel, and reading that flag is the one
-    wait on the GPU."""
+    each row, one launch.  Host targets are checked on the host; device
+    targets in the kernel, and reading that flag is the one wait on the GPU."""
     on_device = is_cuda_array(target)
     if not on_device:
         target = _checks.class_indices(target, rows.length, ignore_index)
