@@ -96,21 +96,36 @@ def measure(torch, nbce, shape, dtype, liger, compiled):
     return row
 
 
+def _wall_us(sync, fn, *args):
+    for _ in range(10):
+        fn(*args)
+    sync()
+    start = time.perf_counter()
+    for _ in range(HOST_CALLS):
+        fn(*args)
+    sync()
+    return (time.perf_counter() - start) / HOST_CALLS * 1e6
+
+
 def host_overhead_us(torch, nbce):
-    """Wall µs per call of a small cross_entropy, nbce and torch: the mean of
-    HOST_CALLS calls on the same inputs, synchronising once at the end."""
+    """Wall µs per call of small calls (cross_entropy with device targets,
+    logsumexp) on torch and, when installed, CuPy inputs, beside torch's own:
+    the mean of HOST_CALLS calls on the same inputs, synchronising once at the end."""
     x = torch.randn(*HOST_SHAPE, device="cuda")
     t = torch.randint(0, HOST_SHAPE[1], (HOST_SHAPE[0],), device="cuda")
-    result = {}
-    for name, fn in (("nbce", nbce.cross_entropy), ("torch", torch.nn.functional.cross_entropy)):
-        for _ in range(10):
-            fn(x, t)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(HOST_CALLS):
-            fn(x, t)
-        torch.cuda.synchronize()
-        result[name] = (time.perf_counter() - start) / HOST_CALLS * 1e6
+    sync = torch.cuda.synchronize
+    result = {"nbce": _wall_us(sync, nbce.cross_entropy, x, t),
+              "torch": _wall_us(sync, torch.nn.functional.cross_entropy, x, t),
+              "nbce_logsumexp": _wall_us(sync, nbce.logsumexp, x),
+              "torch_logsumexp": _wall_us(sync, torch.logsumexp, x, 1)}
+    try:
+        import cupy
+    except ImportError:
+        return result
+    xc, tc = cupy.asarray(x), cupy.asarray(t)
+    cupy_sync = cupy.cuda.get_current_stream().synchronize
+    result["nbce_cupy"] = _wall_us(cupy_sync, nbce.cross_entropy, xc, tc)
+    result["nbce_cupy_logsumexp"] = _wall_us(cupy_sync, nbce.logsumexp, xc)
     return result
 
 
@@ -201,8 +216,12 @@ def main(argv=None):
                   f"{row['lse_torch_ms']:.3f} | {row['lse_of_copy']:.2f} | {row['lse_x_torch']:.2f} |")
 
     host = host_overhead_us(torch, nbce)
-    print(f"\nhost overhead, {HOST_SHAPE[0]}×{HOST_SHAPE[1]} float32 cross_entropy, wall µs per call "
-          f"(mean of {HOST_CALLS}, one synchronisation at the end): nbce {host['nbce']:.1f}, torch {host['torch']:.1f}")
+    print(f"\nhost overhead, {HOST_SHAPE[0]}×{HOST_SHAPE[1]} float32, wall µs per call (mean of {HOST_CALLS}, "
+          f"one synchronisation at the end): cross_entropy nbce {host['nbce']:.1f}, torch {host['torch']:.1f}; "
+          f"logsumexp nbce {host['nbce_logsumexp']:.1f}, torch {host['torch_logsumexp']:.1f}")
+    if "nbce_cupy" in host:
+        print(f"on CuPy arrays: cross_entropy nbce {host['nbce_cupy']:.1f}, logsumexp nbce "
+              f"{host['nbce_cupy_logsumexp']:.1f}")
 
     if os.environ.get("OUT"):
         path = os.path.join(os.environ["OUT"], "gpu_table.json")

@@ -8,7 +8,10 @@ _DLPACK_CUDA = {2, 3, 13}
 
 def is_cuda_array(obj):
     """True for Numba device arrays and objects exposing CUDA memory (CUDA array interface or DLPack)."""
-    if type(obj).__module__.startswith("numba.cuda") or hasattr(obj, "__cuda_array_interface__"):
+    module = type(obj).__module__
+    if module == "torch":  # the interface is a property that builds its dict (and raises for CPU tensors)
+        return obj.is_cuda
+    if module.startswith(("numba.cuda", "cupy")) or hasattr(obj, "__cuda_array_interface__"):
         return True
     device = getattr(obj, "__dlpack_device__", None)
     if device is not None:

@@ -182,9 +182,16 @@ def test_bfloat16_words_widen_like_ml_dtypes():
     from nbce.cuda import _device
 
     values = np.array([1.5, -2.25, 3e38, -1e-39, 0.0], dtype=ml_dtypes.bfloat16)
-    words = values.view(np.uint16)
-    widened = [float(_device.bfloat16_to_float32(w)) for w in words]
-    np.testing.assert_array_equal(widened, values.astype(np.float32))
+
+    @_device.jit
+    def widen(words, out):  # a kernel: device functions run from the host only on the simulator
+        i = cuda.grid(1)
+        if i < words.size:
+            out[i] = _device.bfloat16_to_float32(words[i])
+
+    out = cuda.device_array(values.size, np.float32)
+    widen[1, 8](cuda.to_device(values.view(np.uint16)), out)
+    np.testing.assert_array_equal(out.copy_to_host(), values.astype(np.float32))
 
 
 SLICES = {

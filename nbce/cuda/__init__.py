@@ -62,6 +62,7 @@ class DeviceRows:
     bfloat16: bool
     narrow: bool
     device: object  # GPU ordinal when the array's library reports one
+    source: object = None  # the caller's array (results are allocated by its library)
 
     @property
     def n_rows(self):
@@ -91,6 +92,19 @@ def resolve_stream(stream, like):
 
         return dev.external_stream(torch.cuda.current_stream(like.device).cuda_stream)
     return 0
+
+
+def _current_library_stream(library, like):
+    """The handle of ``like``'s library's current stream (None for other arrays)."""
+    if library == "cupy":
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+    if library == "torch":
+        import torch
+
+        return torch.cuda.current_stream(like.device).cuda_stream
+    return None
 
 
 def _library(obj):
@@ -205,9 +219,10 @@ def as_rows(array, axis, stream=0):
     batch_shape = array.shape[:axis] + array.shape[axis + 1:]
     length = array.shape[axis]
     data = _class_last_contiguous(array, axis, stream)
-    rows = data.reshape(prod(batch_shape), length)
+    shape = (prod(batch_shape), length)
+    rows = data if tuple(data.shape) == shape else data.reshape(*shape)
     return DeviceRows(rows, tuple(batch_shape), length, array.bfloat16, array.dtype != np.float64,
-                      device_ordinal(array.source))
+                      device_ordinal(array.source), array.source)
 
 
 def device_ordinal(obj):
@@ -235,14 +250,14 @@ def _device_vector(values, dtype, stream, device=None, name="target"):
         data = dev.as_device_array(values, stream)
         if not _c_contiguous(data):
             data = _gather_class_last(data, len(data.shape) - 1, stream)
-        return data.reshape(prod(data.shape))
+        return data if len(data.shape) == 1 else data.reshape(prod(data.shape))
     host = np.ascontiguousarray(values, dtype=dtype)
     return dev.to_device(host.reshape(host.size), stream=stream)
 
 
 def launch(kernel, blocks, threads, stream, *args):
     """Every kernel launch of the backend goes through here."""
-    dev.configure(kernel, blocks, threads, stream)(*args)
+    dev.launch(kernel, blocks, threads, stream, args)
 
 
 def _storage(rows):
@@ -317,12 +332,36 @@ def _shaped(out, shape):
     return out.reshape(*shape) if shape else out.reshape(())
 
 
+def _new_result(shape, dtype, like, stream):
+    """(flat device array for the kernels, the same memory shaped ``shape``) for a
+    result: allocated by ``like``'s library (CuPy's or PyTorch's pooled
+    allocator, no device allocation call) when the kernels run on that
+    library's current stream, else by numba-cuda."""
+    size = prod(shape)
+    library = _library(like)
+    if library in ("torch", "cupy") and not dev.SIMULATOR and _current_library_stream(library, like) == dev.stream_key(
+            stream):
+        if library == "torch":
+            import torch
+
+            shaped = torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=like.device)
+            flat = shaped.view(size)
+        else:
+            import cupy
+
+            shaped = cupy.empty(shape, dtype=dtype)
+            flat = shaped.reshape(size)
+        return dev.as_device_array(flat, stream), shaped
+    flat = dev.device_empty(size, dtype, stream)
+    return flat, _shaped(flat, shape)
+
+
 def row_statistic(rows, which, dtype, stream=0):
     """logsumexp or entropy per row, as a ``dtype`` device array of the batch shape (one launch)."""
     job = rows_module.LSE if which == "logsumexp" else rows_module.ENTROPY
-    out = dev.device_empty(rows.n_rows, dtype, stream)
+    out, shaped = _new_result(rows.batch_shape, dtype, rows.source, stream)
     _row_job(rows, _plan(rows, job), stream, out)
-    return _shaped(out, rows.batch_shape)
+    return shaped
 
 
 def normalize(rows, exponentiate, dtype, stream=0):
@@ -351,12 +390,8 @@ def class_weight(weight, n_classes, stream=0):
     return dev.to_device(_checks.class_weight(weight, n_classes), stream=stream)
 
 
-def _result(n_rows, reduction, dtype, stream):
-    return dev.device_empty(n_rows if reduction == "none" else 1, dtype, stream)
-
-
-def _finished(out, rows, reduction):
-    return _shaped(out, rows.batch_shape if reduction == "none" else ())
+def _result(rows, reduction, dtype, stream):
+    return _new_result(rows.batch_shape if reduction == "none" else (), dtype, rows.source, stream)
 
 
 def cross_entropy_indices(rows, target, weight, ignore_index, smoothing, input_type, reduction, dtype, stream=0):
@@ -371,12 +406,12 @@ def cross_entropy_indices(rows, target, weight, ignore_index, smoothing, input_t
     plan = _plan(rows, rows_module.CLASS_LOSS, reduction=_REDUCTIONS[reduction], weighted=weights is not None,
                  smoothing=smoothing > 0, input_type=input_type,
                  unsigned_target=np.dtype(target.dtype).kind == "u")
-    out = _result(rows.n_rows, reduction, dtype, stream)
+    out, shaped = _result(rows, reduction, dtype, stream)
     ws = _row_job(rows, plan, stream, out, target=target, weight=weights, ignore_index=ignore_index,
                   smoothing=smoothing)
     if on_device:
         _raise_bad_device_target(ws, target, rows, ignore_index, (), stream)
-    return _finished(out, rows, reduction)
+    return shaped
 
 
 def cross_entropy_soft(rows, target_rows, weight, smoothing, input_type, reduction, dtype, stream=0):
@@ -386,13 +421,13 @@ def cross_entropy_soft(rows, target_rows, weight, smoothing, input_type, reducti
     plan = _plan(rows, rows_module.SOFT_LOSS, reduction=_REDUCTIONS[reduction], weighted=weights is not None,
                  smoothing=smoothing > 0, input_type=input_type,
                  target_storage="bfloat16" if target_rows.bfloat16 else None)
-    out = _result(rows.n_rows, reduction, dtype, stream)
+    out, shaped = _result(rows, reduction, dtype, stream)
     _row_job(rows, plan, stream, out, weight=weights, y=target_rows.data, smoothing=smoothing)
-    return _finished(out, rows, reduction)
+    return shaped
 
 
 def _raise_bad_device_target(ws, target, rows, ignore_index, origin, stream):
-    first_bad = int(ws.bad.copy_to_host(stream=stream)[0])
+    first_bad = ws.read_bad(stream)
     if first_bad == NO_BAD_ROW:
         return
     ws.rearm_bad()
@@ -555,6 +590,8 @@ def reduce(values, reduction, dtype, denominator, stream=0):
 def wrap_like(result, like):
     """Return ``result`` in the caller's array type: CuPy in, CuPy out; torch in, torch out."""
     library = _library(like)
+    if _library(result) == library:
+        return result
     if library == "cupy":
         import cupy
 

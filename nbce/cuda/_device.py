@@ -6,7 +6,9 @@ conversion, streams.
 """
 
 import collections
+import ctypes
 import math
+import os
 import threading
 import warnings
 
@@ -88,6 +90,12 @@ def address(array):
     """The device address of ``array``'s first element."""
     if SIMULATOR:
         return array._ary.ctypes.data
+    return array.device_ctypes_pointer.value or 0
+
+
+def _interface_address(array):
+    if SIMULATOR:
+        return array._ary.ctypes.data
     return array.__cuda_array_interface__["data"][0]
 
 
@@ -95,7 +103,7 @@ def strided_view(array, offset, shape, strides):
     """A device array over ``array``'s memory, no copy: ``shape`` with byte
     ``strides`` (non-negative), starting ``offset`` bytes from ``array``'s
     first element (negative to reach memory before it)."""
-    start = address(array) + offset
+    start = _interface_address(array) + offset
     if SIMULATOR:
         import ctypes
 
@@ -129,8 +137,17 @@ def elapsed_ms(start, stop):
     return None if SIMULATOR else cuda.event_elapsed_time(start, stop)
 
 
+_external_streams = {}
+
+
 def external_stream(handle):
-    return cuda.external_stream(handle)
+    """numba-cuda's wrapper of a stream made elsewhere; one per handle (a wrapper holds only the handle)."""
+    found = _external_streams.get(handle)
+    if found is None:
+        found = cuda.external_stream(handle)
+        if len(_external_streams) < 1024:
+            _external_streams[handle] = found
+    return found
 
 
 def stream_key(stream):
@@ -146,6 +163,15 @@ def stream_key(stream):
 
 def current_device_id():
     return 0 if SIMULATOR else cuda.get_current_device().id
+
+
+def launch_bounds(threads, blocks):
+    """``jit`` options promising at most ``threads`` per block and asking for
+    ``blocks`` resident blocks per multiprocessor, which caps the registers a
+    thread may use (none asked for when ``blocks`` is 0, and none on the simulator)."""
+    if SIMULATOR or not blocks:
+        return {}
+    return {"launch_bounds": (threads, blocks)}
 
 
 # Launch configurations kept for reuse: numba-cuda builds one (and converts
@@ -176,6 +202,122 @@ def configure(kernel, blocks, threads, stream=0):
             while len(_configured) > _CONFIGURED_KEPT:
                 _configured.popitem(last=False)
     return found
+
+
+def launch(kernel, blocks, threads, stream, args):
+    """``kernel[blocks, threads, stream](*args)``, by the direct path where it can."""
+    direct = _direct.get(kernel)
+    if direct is None:
+        direct = _direct[kernel] = DirectKernel(kernel) if DIRECT_LAUNCH else None
+    if direct is None:
+        configure(kernel, blocks, threads, stream)(*args)
+    else:
+        direct.launch(blocks, threads, stream, args)
+
+
+_direct = {}
+
+
+# Direct launches.  numba-cuda's launch path costs about 5 µs per argument on
+# every call: it re-derives each argument's Numba type, wraps every array in a
+# memory view and converts the stream.  A DirectKernel looks the compiled
+# kernel up once per argument signature (a cheap key: per array its dtype,
+# ndim and layout; per scalar its type), then lays the arguments out as the
+# compiled kernel receives them -- per array (meminfo, parent, size,
+# itemsize, data, *shape, *strides) as in numba-cuda's ``_prepare_args`` --
+# and hands them to cuda.core's ``launch``.  Only where numba-cuda has the
+# pieces this relies on (cuda.core launches, 0.30 and later); else every
+# launch takes numba-cuda's own path.
+DIRECT_LAUNCH = False
+if not SIMULATOR:
+    try:
+        from cuda.core import LaunchConfig as _LaunchConfig
+        from cuda.core import launch as _core_launch
+        from numba.cuda._compat import CUDA_CORE_GE_1_0 as _CORE_1
+        from numba.cuda.cudadrv.driver import _to_core_stream
+        from numba.cuda.dispatcher import _Kernel
+
+        DIRECT_LAUNCH = hasattr(_Kernel, "_prepare_args") and os.environ.get("NBCE_CUDA_DIRECT_LAUNCH", "1") != "0"
+    except ImportError:
+        pass
+
+_INT64 = (-(2**63), 2**63 - 1)
+_NOT_YET = object()
+
+
+def _array_layout(array):
+    """The layout letter Numba types a device array with (as its ``_numba_type_``)."""
+    flags = array.flags
+    broadcast = 0 in array.strides and array.size != 0
+    if flags["C_CONTIGUOUS"] and not broadcast:
+        return "C"
+    if flags["F_CONTIGUOUS"] and not broadcast:
+        return "F"
+    return "A"
+
+
+def _array_fields(array):
+    """(signature key, kernel argument words) of a Numba device array, kept
+    on the array: its shape, strides and address never change."""
+    found = array.__dict__.get("_nbce_fields")
+    if found is None:
+        pointer = array.device_ctypes_pointer.value or 0
+        key = (array.dtype, len(array.shape), _array_layout(array))
+        words = (0, 0, array.size, array.dtype.itemsize, pointer, *array.shape, *array.strides)
+        found = array.__dict__["_nbce_fields"] = (key, words)
+    return found
+
+
+class DirectKernel:
+    """A kernel launched by the direct path (see above)."""
+
+    def __init__(self, dispatcher):
+        self._dispatcher = dispatcher
+        self._compiled = {}
+        self._configs = {}
+        self._streams = {}
+
+    def launch(self, blocks, threads, stream, args):
+        keys, words = [], []
+        for value in args:
+            if isinstance(value, bool):
+                keys.append(bool)
+                words.append(value)
+            elif isinstance(value, int):
+                if not _INT64[0] <= value <= _INT64[1]:
+                    return configure(self._dispatcher, blocks, threads, stream)(*args)
+                keys.append(int)
+                words.append(ctypes.c_int64(value))
+            elif isinstance(value, float):
+                keys.append(float)
+                words.append(ctypes.c_double(value))
+            elif isinstance(value, cuda.devicearray.DeviceNDArray):
+                key, fields = _array_fields(value)
+                keys.append(key)
+                words.extend(fields)
+            else:  # anything else (NumPy scalars, host arrays) takes numba-cuda's path
+                return configure(self._dispatcher, blocks, threads, stream)(*args)
+        signature = (current_device_id(), *keys)
+        kernel = self._compiled.get(signature, _NOT_YET)
+        if kernel is _NOT_YET:  # first launch of this signature: numba-cuda compiles and launches it
+            configure(self._dispatcher, blocks, threads, stream)(*args)
+            types = tuple(self._dispatcher.typeof_pyval(value) for value in args)
+            compiled = self._dispatcher.overloads.get(types)
+            self._compiled[signature] = None if compiled is None else compiled._codelibrary.get_cufunc().kernel
+            return None
+        if kernel is None:  # compiled for other types than the arguments': numba-cuda converts them
+            return configure(self._dispatcher, blocks, threads, stream)(*args)
+        config = self._configs.get((blocks, threads))
+        if config is None:
+            cooperative = {"is_cooperative" if _CORE_1 else "cooperative_launch": False}
+            config = self._configs[blocks, threads] = _LaunchConfig(grid=blocks, block=threads, shmem_size=0,
+                                                                   **cooperative)
+        key = stream_key(stream)
+        core_stream = self._streams.get(key)
+        if core_stream is None:
+            core_stream = self._streams[key] = _to_core_stream(stream)
+        _core_launch(core_stream, config, kernel, *words)
+        return None
 
 
 # Bytes per wide load: a warp moves 512 bytes per load instruction instead of
@@ -267,8 +409,14 @@ else:
         """bfloat16 bits are the high half of a float32."""
         return _libdevice.int_as_float(_int32(_int32(word) << 16))
 
+    _multiprocessors = {}
+
     def multiprocessor_count():
-        return cuda.get_current_device().MULTIPROCESSOR_COUNT
+        device = cuda.get_current_device()
+        found = _multiprocessors.get(device.id)
+        if found is None:
+            found = _multiprocessors[device.id] = device.MULTIPROCESSOR_COUNT
+        return found
 
     @cuda.jit(device=True)
     def exp2f(v):

@@ -29,25 +29,42 @@ class Workspace:
         self.unused = dev.device_empty(1, np.float64, stream)
         self.unused_rows = dev.device_empty((1, 1), np.float64, stream)
         self.unused_indices = dev.device_empty(1, np.int64, stream)
+        self._bad_host = dev.pinned_empty(1, np.int64)
+        self._views = {}
 
     def buffer(self, name, shape, dtype=np.float64):
         """A C-contiguous ``shape`` view of the growing buffer ``name``."""
-        size = int(np.prod(shape))
-        current = self._buffers.get(name)
-        if current is None or current.size < size:
-            current = dev.device_empty(max(size, 1), dtype, self._stream)
-            self._buffers[name] = current
-        return current[:size].reshape(*shape)
+        return self._view(name, shape, dtype, False)
 
     def zeroed_buffer(self, name, shape, dtype):
         """``buffer`` whose memory starts zeroed (counters that the kernels rearm
         to zero after use): one host-to-device copy when it grows."""
+        return self._view(name, shape, dtype, True)
+
+    def _view(self, name, shape, dtype, zeroed):
+        # The view of the last shape asked for is kept: building a device-array
+        # view costs more host time than the launch of a small call.
+        view = self._views.get(name)
+        if view is not None and view[0] == shape:
+            return view[1]
         size = int(np.prod(shape))
         current = self._buffers.get(name)
         if current is None or current.size < size:
-            current = dev.to_device(np.zeros(max(size, 1), dtype=dtype), stream=self._stream)
+            if zeroed:
+                current = dev.to_device(np.zeros(max(size, 1), dtype=dtype), stream=self._stream)
+            else:
+                current = dev.device_empty(max(size, 1), dtype, self._stream)
             self._buffers[name] = current
-        return current[:size].reshape(*shape)
+        found = current[:size].reshape(*shape)
+        self._views[name] = (shape, found)
+        return found
+
+    def read_bad(self, stream):
+        """The bad-target flag's value: one 8-byte copy into page-locked memory, waited for."""
+        self.bad.copy_to_host(self._bad_host, stream=stream)
+        if stream:
+            stream.synchronize()
+        return int(self._bad_host[0])
 
     def rearm_bad(self):
         self.bad.copy_to_device(np.array([NO_BAD_ROW], dtype=np.int64), stream=self._stream)

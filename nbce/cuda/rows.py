@@ -39,6 +39,7 @@ per call, whatever the row length.
 """
 
 import math
+import os
 from collections import namedtuple
 from functools import lru_cache
 
@@ -57,6 +58,17 @@ NONE, SUM, MEAN = range(3)
 # input_type codes (``_checks.input_type_code``).
 LOGITS, LOG_PROBS, PROBS = range(3)
 LOG_CLAMP = -100.0
+# Resident blocks per multiprocessor the row kernel is compiled for, which caps
+# its registers at 65536 / (threads * blocks): 64 for 4 blocks of 256.  More
+# resident blocks keep more 16-byte loads in flight.  Measured on an H100
+# (2026-11-27): 4 blocks instead of the compiler's 76-80 registers (3 blocks)
+# took class-index cross_entropy from 0.71 to 0.87 of the copy rate at
+# 16384x131072 float32 and logsumexp (64 registers either way, but then
+# scheduled for 4 blocks) from 0.82 to 0.91.  Kernels keeping the coefficient
+# sums (label smoothing, soft targets) would spill 144-380 bytes at that cap,
+# so they are left to the compiler (0).  NBCE_ROW_RESIDENT_BLOCKS overrides
+# it for measuring the trade (read once, at import).
+RESIDENT_BLOCKS = int(os.environ.get("NBCE_ROW_RESIDENT_BLOCKS", "4"))
 # Components of a stored chunk state: m, k, r, t, c, a, w.
 STATE_SIZE = 7
 
@@ -435,13 +447,27 @@ def row_kernels(p):
         if last[0] == 0:
             return
         cuda.threadfence()
-        total = 0.0
-        weights = 0.0
-        for i in range(tid, n_rows, threads):
-            total += row_values[0, i]
-            weights += row_values[1, i]
-        total = block_sum(total, scratch)
-        weights = block_sum(weights, scratch)
+        # Four independent sums per thread keep four loads in flight: this loop
+        # runs in one block, after every other block has finished.
+        t0 = t1 = t2 = t3 = 0.0
+        w0 = w1 = w2 = w3 = 0.0
+        i = tid
+        while i + 3 * threads < n_rows:
+            t0 += row_values[0, i]
+            t1 += row_values[0, i + threads]
+            t2 += row_values[0, i + 2 * threads]
+            t3 += row_values[0, i + 3 * threads]
+            w0 += row_values[1, i]
+            w1 += row_values[1, i + threads]
+            w2 += row_values[1, i + 2 * threads]
+            w3 += row_values[1, i + 3 * threads]
+            i += 4 * threads
+        while i < n_rows:
+            t0 += row_values[0, i]
+            w0 += row_values[1, i]
+            i += threads
+        total = block_sum((t0 + t1) + (t2 + t3), scratch)
+        weights = block_sum((w0 + w1) + (w2 + w3), scratch)
         if tid == 0:
             counter[0] = 0
             out[0] = total if reduction == SUM else ratio(total, weights)
@@ -462,7 +488,7 @@ def row_kernels(p):
             merged = merge(merged, load_state(states, r * splits + k))
         return merged
 
-    @jit
+    @jit(**dev.launch_bounds(threads, 0 if coefficients_on else RESIDENT_BLOCKS))
     def row_kernel(x, address16, stride16, splits, group, target, weight, y, ignore_index, smoothing,
                    out, out2, out3, out4, states, row_counts, row_values, counter, bad):
         """Each (row, chunk) -> its state; a row is finished by its last chunk,
