@@ -175,12 +175,8 @@ def _binary(x, target, weight, pos_weight, reduction, from_logits, stream):
     target_array = backend.as_float_array(target, "target", stream)
     _checks.check_shape("target", target_array.shape, array.shape, f"the shape of {name}")
     dtype = result_dtype(array.dtype)
-    elementwise, row_sums = backend.binary_loss(from_logits, array, target_array, weight, pos_weight,
-                                                dtype if reduction == "none" else None, stream)
-    if reduction == "none":
-        result = backend.finish(elementwise, dtype, array.shape, stream)
-    else:
-        result = backend.reduce(row_sums, reduction, dtype, array.size, stream)
+    result = backend.binary_cross_entropy(from_logits, array, target_array, weight, pos_weight, reduction, dtype,
+                                          stream)
     return backend.wrap_like(result, x)
 
 

@@ -151,11 +151,14 @@ def test_bad_target_raises_the_cpu_error(rng):
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_binary(reduction, rng):
-    x = make_logits(rng, (4, 6), "float64")
-    y = rng.random((4, 6))
-    pw = rng.random(6) * 2
-    w = rng.random((4, 6))
+@pytest.mark.parametrize("shape", [(4, 6), (700,), (3, 50, 7)])
+def test_binary(reduction, shape, rng):
+    """Element-wise, over several blocks (a 1-D input too), with weights per
+    element or per row and pos_weight per last-axis entry."""
+    x = make_logits(rng, shape, "float64")
+    y = rng.random(shape)
+    pw = rng.random(shape[-1]) * 2
+    w = rng.random(shape if len(shape) < 3 else shape[:-1] + (1,))
     got = nbce.binary_cross_entropy_with_logits(cuda.to_device(x), cuda.to_device(y), weight=w, pos_weight=pw,
                                                 reduction=reduction)
     close(got, ref.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw, reduction=reduction))
@@ -250,7 +253,8 @@ def test_bfloat16_words_on_one_side_only(rng):
         got = cuda_backend.cross_entropy_soft(rows, cuda_backend.as_rows(device_floats(probs), 1), weight, 0.1, 0, "none",
                                                np.float64)
         close(got, nbce.cross_entropy(logits, probs, weight=weight, label_smoothing=0.1, reduction="none"), "float32")
-        out, _ = cuda_backend.binary_loss(True, device_floats(logits), device_floats(probs), weight, None, np.float64)
+        out = cuda_backend.binary_cross_entropy(True, device_floats(logits), device_floats(probs), weight, None, "none",
+                                                np.float64)
         expected = nbce.binary_cross_entropy_with_logits(logits, probs, weight=weight, reduction="none")
         close(out, expected, "float32")
 

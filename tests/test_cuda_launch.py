@@ -60,9 +60,11 @@ def test_repeated_calls_do_not_take_numba_cudas_launch_path(rng, monkeypatch):
 def test_a_utility_kernel_launched_directly(rng):
     from numba import cuda
 
-    kernel = cuda_backend.utility_kernels(cuda_backend.THREADS).cast_into
+    kernel = cuda_backend.utility_kernels(cuda_backend.THREADS).gather
     values = cuda.to_device(rng.standard_normal(10))
-    out = cuda.device_array(10, np.float32)
-    _device.launch(kernel, 1, cuda_backend.THREADS, 0, (values, out))
-    _device.launch(kernel, 1, cuda_backend.THREADS, 0, (values, out))
-    np.testing.assert_array_equal(out.copy_to_host(), values.copy_to_host().astype(np.float32))
+    geometry = cuda.to_device(np.array([[10, -1]], dtype=np.int64))  # reversed
+    out = cuda.device_array(10, np.float64)
+    for _ in range(2):  # numba-cuda's launch, then the direct one
+        out[:] = np.nan
+        _device.launch(kernel, 1, cuda_backend.THREADS, 0, (values, 9, geometry, out))
+        np.testing.assert_array_equal(out.copy_to_host(), values.copy_to_host()[::-1])

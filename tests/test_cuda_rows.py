@@ -78,6 +78,9 @@ CALLS = {
     "logsumexp": (lambda x, t, p: nbce.logsumexp(x), 1, 0),
     "entropy": (lambda x, t, p: nbce.entropy(x), 1, 0),
     "log_softmax": (lambda x, t, p: nbce.log_softmax(x), 2, 0),
+    "binary logits mean": (lambda x, t, p: nbce.binary_cross_entropy_with_logits(x, p), 1, 0),
+    "binary logits none": (lambda x, t, p: nbce.binary_cross_entropy_with_logits(x, p, reduction="none"), 1, 0),
+    "binary probabilities sum": (lambda x, t, p: nbce.binary_cross_entropy(p, p, reduction="sum"), 1, 1),
 }
 
 
@@ -89,7 +92,7 @@ def test_one_read_one_launch_no_allocation_no_copy(name, shape, counted, rng):
     whose element-wise pass writes the output), rows split over blocks or not,
     no device allocation besides the returned result, no host-to-device copy,
     and only the 8-byte bad-target flag read back when the targets live on the
-    device."""
+    device (or, for binary_cross_entropy, the probabilities must be checked)."""
     call, launches, reads = CALLS[name]
     x = make_logits(rng, shape, "float32")
     t = cuda.to_device(rng.integers(0, shape[1], shape[0]))

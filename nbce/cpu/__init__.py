@@ -16,7 +16,7 @@ from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "class_weight",
            "class_index_loss", "cross_entropy_indices", "cross_entropy_soft",
-           "soft_target_loss", "row_metrics", "to_host", "host_array", "binary_loss", "finish", "reduce", "wrap_like", "move_class_axis"]
+           "soft_target_loss", "row_metrics", "to_host", "host_array", "binary_loss", "binary_cross_entropy", "finish", "reduce", "wrap_like", "move_class_axis"]
 
 
 def as_float_array(values, name, stream=None):
@@ -149,6 +149,17 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
     if bad.any():
         _checks.raise_outside_unit_interval(x, y)
     return (elementwise if store else None), chunk_sums
+
+
+def binary_cross_entropy(from_logits, x, y, weight, pos_weight, reduction, dtype, stream=None):
+    """Binary cross-entropy reduced as asked ("none": the element-wise losses
+    as ``dtype`` in ``x``'s shape; "sum"/"mean": the float64 sum of the chunk
+    sums, over the element count for "mean")."""
+    elementwise, chunk_sums = binary_loss(from_logits, x, y, weight, pos_weight,
+                                          dtype if reduction == "none" else None)
+    if reduction == "none":
+        return finish(elementwise, dtype, x.shape)
+    return reduce(chunk_sums, reduction, dtype, x.size)
 
 
 def finish(values, dtype, shape, stream=None):

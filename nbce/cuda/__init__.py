@@ -473,17 +473,6 @@ def host_array(values):
     return np.asarray(values)
 
 
-def total(values, stream=0):
-    """Deterministic float64 sum of a device vector, as a 1-element device array."""
-    partial_sums = utility_kernels(THREADS).partial_sums
-    blocks = max(1, min(1024, math.ceil(values.size / THREADS)))
-    partials = dev.device_empty(blocks, np.float64, stream)
-    launch(partial_sums, blocks, THREADS, stream, values, partials)
-    out = dev.device_empty(1, np.float64, stream)
-    launch(partial_sums, 1, THREADS, stream, partials, out)
-    return out
-
-
 def target_dtype(target):
     """The dtype of host or device targets, read without converting a device array."""
     if not is_cuda_array(target):
@@ -505,12 +494,12 @@ def _two_dimensional(array, stream):
     return as_rows(array, array.ndim - 1, stream).data
 
 
-def _broadcast_operand(values, shape, name, stream):
+def _broadcast_operand(values, shape, name, stream, ws):
     """A weight as an (R or 1, L or 1) device array that broadcasts over (R, L)."""
     rows = prod(shape[:-1]) if len(shape) > 1 else 1
     length = shape[-1] if shape else 1
     if values is None:
-        return dev.to_device(np.ones((1, 1)), stream=stream)
+        return ws.ones
     if is_cuda_array(values):
         data = dev.as_device_array(values, stream)
         vshape = tuple(data.shape)
@@ -530,27 +519,39 @@ def _broadcast_operand(values, shape, name, stream):
     return dev.to_device(np.ascontiguousarray(full[:keep_rows, :keep_cols]), stream=stream)
 
 
-def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream=0):
+def binary_cross_entropy(from_logits, x, y, weight, pos_weight, reduction, dtype, stream=0):
+    """Binary cross-entropy of checked device operands, reduced as asked: one
+    launch (the element-wise kernel; its last block sums "sum"/"mean" in a
+    fixed order), no scratch allocation after the first call of a size.
+    Probabilities are checked in the kernel, and reading that 8-byte flag is
+    the one wait; logits are not waited for."""
     device = device_ordinal(x.source)
     check_same_device(device_ordinal(y.source), device, "target")
     for values, name in ((weight, "weight"), (pos_weight, "pos_weight")):
         check_same_device(device_ordinal(values), device, name)
+    ws = workspace(stream)
     shape = x.shape
     x2, y2 = _two_dimensional(x, stream), _two_dimensional(y, stream)
-    w2 = _broadcast_operand(weight, shape, "weight", stream)
-    pw2 = _broadcast_operand(pos_weight, shape, "pos_weight", stream)
+    w2 = _broadcast_operand(weight, shape, "weight", stream, ws)
+    pw2 = _broadcast_operand(pos_weight, shape, "pos_weight", stream, ws)
     n_rows, length = x2.shape
-    store = elementwise_dtype is not None
-    out = dev.device_empty((n_rows, length) if store else (0, 0), elementwise_dtype or np.float64, stream)
-    row_sums = dev.device_empty(n_rows, np.float64, stream)
-    bad = dev.to_device(np.array([np.iinfo(np.int64).max], dtype=np.int64), stream=stream)
-    if n_rows:
+    size = n_rows * length
+    if reduction == "none":
+        out, shaped = _new_result(shape, dtype, x.source, stream)
+        total = out
+    else:
+        total, shaped = _new_result((), dtype, x.source, stream)
+        out = total  # not written: nothing is stored
+    blocks = _grid(max(1, min(math.ceil(size / (THREADS * MIN_ELEMENTS_PER_THREAD)),
+                              BLOCKS_PER_SM * dev.multiprocessor_count())))
+    if size or reduction != "none":
         kernels = elementwise_kernels(THREADS, x.dtype != np.float64, x.bfloat16, y.bfloat16)
-        launch(kernels.binary, _grid(n_rows), THREADS, stream, from_logits, x2, y2, w2, pw2, store, out, row_sums, bad)
-    first_bad = int(bad.copy_to_host(stream=stream)[0])
-    if first_bad != np.iinfo(np.int64).max:
+        launch(kernels.binary, blocks, THREADS, stream, from_logits, x2, y2, w2, pw2, reduction == "none", out,
+               _REDUCTIONS[reduction], ws.buffer("block_sums", (blocks,)), ws.counter, ws.bad, total)
+    if not from_logits and ws.read_bad(stream) != NO_BAD_ROW:
+        ws.rearm_bad()
         _checks.raise_outside_unit_interval(_host_floats(x).reshape(shape), _host_floats(y).reshape(shape))
-    return (out if store else None), row_sums
+    return shaped
 
 
 def _host_floats(array):
@@ -559,32 +560,6 @@ def _host_floats(array):
     if array.bfloat16:
         return (values.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
     return values
-
-
-def finish(values, dtype, shape, stream=0):
-    """Per-row float64 device values as a ``dtype`` device array of ``shape``."""
-    flat = values.reshape(values.size)
-    if np.dtype(dtype) == np.float64:
-        return flat.reshape(*shape) if shape else flat.reshape(())
-    out = dev.device_empty(flat.size, dtype, stream)
-    if flat.size:
-        launch(utility_kernels(THREADS).cast_into, *_per_row(flat.size), stream, flat, out)
-    return out.reshape(*shape) if shape else out.reshape(())
-
-
-def reduce(values, reduction, dtype, denominator, stream=0):
-    """A 0-d device array: the float64 sum, or the sum over ``denominator``
-    (a count, or a device vector summed the same deterministic way)."""
-    result = total(values, stream)
-    if reduction == "mean":
-        if isinstance(denominator, (int, np.integer)):
-            count = dev.to_device(np.array([float(denominator)]), stream=stream)
-        else:
-            count = total(denominator, stream)
-        quotient = dev.device_empty(1, np.float64, stream)
-        launch(utility_kernels(THREADS).quotient, 1, 1, stream, result, count, quotient)
-        result = quotient
-    return finish(result, dtype, (), stream)
 
 
 def wrap_like(result, like):

@@ -29,6 +29,7 @@ class Workspace:
         self.unused = dev.device_empty(1, np.float64, stream)
         self.unused_rows = dev.device_empty((1, 1), np.float64, stream)
         self.unused_indices = dev.device_empty(1, np.int64, stream)
+        self.ones = dev.to_device(np.ones((1, 1)), stream=stream)  # an absent binary weight
         self._bad_host = dev.pinned_empty(1, np.int64)
         self._views = {}
 

@@ -1,7 +1,7 @@
 """numba.cuda kernels besides the row kernel (``rows.py``), built per
 (threads per block, compute precision, storage) by small factories:
 ``elementwise_kernels`` (log_softmax/softmax output, binary losses) and
-``utility_kernels`` (device gathers, casts, deterministic sums).
+``utility_kernels`` (device gathers).
 
 Every kernel also runs on Numba's CUDA simulator; the few operations the
 simulator lacks have small fallbacks in ``_device``.
@@ -22,8 +22,11 @@ NEG_INF = -math.inf
 INF = math.inf
 LOG_CLAMP = -100.0
 
+# Batch reductions.
+NONE, SUM, MEAN = range(3)
+
 ElementwiseKernels = namedtuple("ElementwiseKernels", "normalize binary")
-UtilityKernels = namedtuple("UtilityKernels", "gather cast_into partial_sums quotient")
+UtilityKernels = namedtuple("UtilityKernels", "gather")
 
 _F64, _I64 = types.float64, types.int64
 _VECTOR_F64 = types.Array(_F64, 1, "C")
@@ -34,22 +37,18 @@ def elementwise_signatures(storage):
     """Argument types of ``normalize`` and ``binary`` for contiguous operands of
     the Numba ``storage`` type (float32 output; targets stored like the input)."""
     x = types.Array(storage, 2, "C")
+    out = types.Array(types.float32, 1, "C")
     return ElementwiseKernels(
         normalize=(x, _VECTOR_F64, _VECTOR_F64, types.boolean, types.Array(types.float32, 2, "C")),
-        binary=(types.boolean, x, x, _MATRIX_F64, _MATRIX_F64, types.boolean, _MATRIX_F64, _VECTOR_F64,
-                types.Array(_I64, 1, "C")),
+        binary=(types.boolean, x, x, _MATRIX_F64, _MATRIX_F64, types.boolean, out, _I64, _VECTOR_F64,
+                types.Array(types.int32, 1, "C"), types.Array(_I64, 1, "C"), out),
     )
 
 
 def utility_signatures(storage):
     """Argument types of the utility kernels (``gather`` of the ``storage`` type)."""
     flat = types.Array(storage, 1, "C")
-    return UtilityKernels(
-        gather=(flat, _I64, types.Array(_I64, 2, "C"), flat),
-        cast_into=(_VECTOR_F64, types.Array(types.float32, 1, "C")),
-        partial_sums=(_VECTOR_F64, _VECTOR_F64),
-        quotient=(_VECTOR_F64, _VECTOR_F64, _VECTOR_F64),
-    )
+    return UtilityKernels(gather=(flat, _I64, types.Array(_I64, 2, "C"), flat))
 
 
 @lru_cache(maxsize=None)
@@ -166,63 +165,76 @@ def elementwise_kernels(threads, narrow, bfloat16, target_bfloat16=False):
         return np.float64(a[r if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0])
 
     @jit
-    def binary(from_logits, x, y, w, pw, store, out, row_sums, bad):
-        """Block per row: element-wise binary cross-entropy, the row's sum, bad-probability counts."""
+    def binary(from_logits, x, y, w, pw, store, out, reduction, block_sums, counter, bad, total):
+        """Element-wise binary cross-entropy over the flattened (rows, n) input:
+        block b takes the b-th of ``gridDim`` equal contiguous shares, writes
+        the losses to ``out`` (flat) when ``store`` and sums its share in a
+        fixed order; for "sum"/"mean" the last block to finish (a ticket
+        counter) adds the block sums in block order into ``total[0]`` (over
+        the element count for "mean") and rearms the counter.  A probability
+        or target outside [0, 1] sets ``bad`` (its row, the least one wins)."""
         acc = cuda.shared.array(threads, np.float64)
-        count = cuda.shared.array(threads, np.int64)
+        last = cuda.shared.array(1, np.int32)
         tid = cuda.threadIdx.x
         n_rows, n = x.shape
-        for r in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
-            total = 0.0
-            bad_here = 0
-            for j in range(tid, n, threads):
-                v = load(x, r, j)
-                target = load_target(y, r, j)
-                weight = broadcast_load(w, r, j)
-                if from_logits:
-                    positive = broadcast_load(pw, r, j)
-                    loss = weight * logit_loss(v, target, positive)
-                else:
-                    if v < 0.0 or v > 1.0 or target < 0.0 or target > 1.0:  # PyTorch refuses both
-                        bad_here += 1
-                    lp = log_of(v)
-                    lq = log_of(1.0 - v)
-                    lp = LOG_CLAMP if lp < LOG_CLAMP else lp
-                    lq = LOG_CLAMP if lq < LOG_CLAMP else lq
-                    loss = -weight * (target * lp + (1.0 - target) * lq)
-                if store:
-                    out[r, j] = loss
-                total += loss
-            acc[tid] = total
-            count[tid] = bad_here
-            row_total = group_sum(acc, tid, threads)
-            bad_total = group_sum(count, tid, threads)
-            if tid == 0:
-                row_sums[r] = row_total
-                if bad_total > 0:
-                    cuda.atomic.min(bad, 0, r)
+        size = n_rows * n
+        blocks = cuda.gridDim.x
+        share = (size + blocks - 1) // blocks
+        start = cuda.blockIdx.x * share
+        stop = min(size, start + share)
+        block_total = 0.0
+        bad_row = size
+        for e in range(start + tid, stop, threads):
+            r = e // n
+            j = e - r * n
+            v = load(x, r, j)
+            target = load_target(y, r, j)
+            weight = broadcast_load(w, r, j)
+            if from_logits:
+                loss = weight * logit_loss(v, target, broadcast_load(pw, r, j))
+            else:
+                if (v < 0.0 or v > 1.0 or target < 0.0 or target > 1.0) and r < bad_row:  # PyTorch refuses both
+                    bad_row = r
+                lp = log_of(v)
+                lq = log_of(1.0 - v)
+                lp = LOG_CLAMP if lp < LOG_CLAMP else lp
+                lq = LOG_CLAMP if lq < LOG_CLAMP else lq
+                loss = -weight * (target * lp + (1.0 - target) * lq)
+            if store:
+                out[e] = loss
+            block_total += loss
+        if bad_row < size:
+            cuda.atomic.min(bad, 0, bad_row)
+        if reduction == NONE:
+            return
+        acc[tid] = block_total
+        block_total = group_sum(acc, tid, threads)
+        if tid == 0:
+            block_sums[cuda.blockIdx.x] = block_total
+        cuda.threadfence()  # the block's sum is visible device-wide before its ticket
+        cuda.syncthreads()
+        if tid == 0:
+            last[0] = 1 if cuda.atomic.add(counter, 0, 1) == blocks - 1 else 0
+        cuda.syncthreads()
+        if last[0] == 0:
+            return
+        cuda.threadfence()
+        grand = 0.0
+        for b in range(tid, blocks, threads):
+            grand += block_sums[b]
+        acc[tid] = grand
+        grand = group_sum(acc, tid, threads)
+        if tid == 0:
+            counter[0] = 0
+            total[0] = grand if reduction == SUM else ratio(grand, np.float64(size))
 
     return ElementwiseKernels(normalize, binary)
 
 
 @lru_cache(maxsize=None)
 def utility_kernels(threads):
-    """Device gathers, casts and deterministic float64 sums, ``threads`` per block."""
+    """Device gathers (strided copies and broadcasts), ``threads`` per block."""
     jit = dev.jit
-    group_sum = group_summer(threads)
-
-    @jit
-    def partial_sums(values, partials):
-        """Deterministic stage 1 of a float64 sum: block b sums a fixed strided share."""
-        acc = cuda.shared.array(threads, np.float64)
-        tid = cuda.threadIdx.x
-        total = 0.0
-        for i in range(cuda.blockIdx.x * threads + tid, values.size, cuda.gridDim.x * threads):
-            total += values[i]
-        acc[tid] = total
-        grand_total = group_sum(acc, tid, threads)
-        if tid == 0:
-            partials[cuda.blockIdx.x] = grand_total
 
     @jit
     def gather(src, first, geometry, out):
@@ -238,16 +250,4 @@ def utility_kernels(threads):
                 rest //= size
             out[e] = src[offset]
 
-    @jit
-    def cast_into(src, dst):
-        i = cuda.grid(1)
-        if i < dst.size:
-            dst[i] = src[i]
-
-    @jit
-    def quotient(numerator, denominator, out):
-        """out[0] = numerator[0] / denominator[0] (NaN for a zero denominator)."""
-        if cuda.grid(1) == 0:
-            out[0] = ratio(numerator[0], denominator[0])
-
-    return UtilityKernels(gather, cast_into, partial_sums, quotient)
+    return UtilityKernels(gather)

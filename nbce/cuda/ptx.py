@@ -44,11 +44,6 @@ def signatures(dtype):
     return jobs
 
 
-def shared_signatures():
-    kernels, sigs = utility_kernels(THREADS), utility_signatures(row_jobs.STORAGE_TYPES["float64"])
-    return [(name, getattr(kernels, name), getattr(sigs, name)) for name in ("partial_sums", "cast_into", "quotient")]
-
-
 def facts(ptx):
     return {
         "bytes": len(ptx),
@@ -104,7 +99,7 @@ def _device_functions(kernel, seen=None):
 def main():
     if compile_ptx is None:
         sys.exit("PTX compilation needs the real CUDA target: unset NUMBA_ENABLE_CUDASIM")
-    jobs = [(name, "any", kernel, sig) for name, kernel, sig in shared_signatures()]
+    jobs = []
     for dtype in row_jobs.STORAGE_TYPES:
         jobs += [(name, dtype, kernel, sig) for name, kernel, sig in signatures(dtype)]
     for name, dtype, kernel, sig in jobs:

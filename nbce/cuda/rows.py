@@ -49,12 +49,10 @@ from numba import types
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from . import _device as dev
 from ._device import cuda
-from .kernels import group_summer, log_of, ratio, widener
+from .kernels import MEAN, NONE, SUM, group_summer, log_of, ratio, widener  # noqa: F401 (plans name MEAN here too)
 
 # Jobs: what a row kernel computes per row.
 LSE, ENTROPY, SHIFT, CLASS_LOSS, SOFT_LOSS, METRICS = range(6)
-# Batch reductions.
-NONE, SUM, MEAN = range(3)
 # input_type codes (``_checks.input_type_code``).
 LOGITS, LOG_PROBS, PROBS = range(3)
 LOG_CLAMP = -100.0
