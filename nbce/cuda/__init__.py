@@ -243,8 +243,10 @@ def check_same_device(other, device, name):
 
 def _device_vector(values, dtype, stream, device=None, name="target"):
     """Small operands (targets, weights) flattened to one contiguous device
-    vector: host ones are copied to the device, device ones stay on the
-    logits' GPU (a device copy only when their layout is not contiguous)."""
+    vector: host ones are copied into the stream's workspace (no allocation,
+    so no deferred free that would wait on the whole device later), device
+    ones stay on the logits' GPU (a device copy only when their layout is not
+    contiguous)."""
     if is_cuda_array(values):
         check_same_device(device_ordinal(values), device, name)
         data = dev.as_device_array(values, stream)
@@ -252,7 +254,7 @@ def _device_vector(values, dtype, stream, device=None, name="target"):
             data = _gather_class_last(data, len(data.shape) - 1, stream)
         return data if len(data.shape) == 1 else data.reshape(prod(data.shape))
     host = np.ascontiguousarray(values, dtype=dtype)
-    return dev.to_device(host.reshape(host.size), stream=stream)
+    return workspace(stream).upload(name, host.reshape(host.size))
 
 
 def launch(kernel, blocks, threads, stream, *args):

@@ -44,6 +44,11 @@ def to_device(array, stream=0):
     return cuda.to_device(array, stream=stream)
 
 
+def copy_to_device(destination, host, stream=0):
+    """Copy the host array ``host`` into the device array ``destination`` on ``stream``."""
+    destination.copy_to_device(host, stream=stream)
+
+
 def device_empty(shape, dtype, stream=0):
     return cuda.device_array(shape, dtype=dtype, stream=stream)
 

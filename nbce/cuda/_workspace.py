@@ -45,20 +45,30 @@ class Workspace:
     def _view(self, name, shape, dtype, zeroed):
         # The view of the last shape asked for is kept: building a device-array
         # view costs more host time than the launch of a small call.
+        key = (tuple(shape), np.dtype(dtype))
         view = self._views.get(name)
-        if view is not None and view[0] == shape:
+        if view is not None and view[0] == key:
             return view[1]
         size = int(np.prod(shape))
         current = self._buffers.get(name)
-        if current is None or current.size < size:
+        if current is None or current.size < size or current.dtype != np.dtype(dtype):
             if zeroed:
                 current = dev.to_device(np.zeros(max(size, 1), dtype=dtype), stream=self._stream)
             else:
                 current = dev.device_empty(max(size, 1), dtype, self._stream)
             self._buffers[name] = current
         found = current[:size].reshape(*shape)
-        self._views[name] = (shape, found)
+        self._views[name] = (key, found)
         return found
+
+    def upload(self, name, host):
+        """A device copy of the 1-D host array ``host`` in the buffer ``name``: one
+        host-to-device copy on the workspace's stream, after the kernels that
+        still read the buffer's last contents (same stream, so in order)."""
+        view = self._view(name, host.shape, host.dtype, False)
+        if host.size:
+            dev.copy_to_device(view, host, self._stream)
+        return view
 
     def read_bad(self, stream):
         """The bad-target flag's value: one 8-byte copy into page-locked memory, waited for."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import cpu
 from .._arrays import as_float_array, normalize_axis
+from ..cpu._copy import copy_into
 from . import DeviceFloats, as_rows, row_metrics
 from . import _device as dev
 
@@ -68,7 +69,7 @@ class _Slot:
         self.device = _grow(self.device, words.size, words.dtype,
                             lambda n, dtype: dev.device_empty(n, dtype, self.stream))
         staged = self.staging[: words.size].reshape(words.shape)
-        np.copyto(staged, words)  # the host reads the chunk here, while the GPU works on the other slot
+        copy_into(staged, words)  # the host reads the chunk here, on every core, while the GPU works on the other slot
         events = [dev.event() for _ in range(3)]
         events[0].record(self.stream)
         on_device = self.device[: words.size].reshape(words.shape)
