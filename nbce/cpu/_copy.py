@@ -1,9 +1,9 @@
 """A copy spread over the cores: how the GPU pipeline reads a host chunk into
 its page-locked staging buffer.
 
-One thread's ``np.copyto`` moves about 5 GB/s, so a pipeline whose host-to-GPU
-copies run at 40+ GB/s is bound by the host's read (an H100 machine streamed a
-1 GB float16 array through the pipeline at 4.9 GB/s, copies at 44 GB/s).
+A pipeline whose host-to-GPU copies run at 40+ GB/s is bound by the host's
+side when that reads on one thread (an H100 machine streamed a 1 GB float16
+array through the pipeline at 4.9 GB/s end to end, its copies at 44 GB/s).
 """
 
 import numpy as np
