@@ -122,3 +122,15 @@ def test_device_logits_are_scored_in_one_chunk(monkeypatch, rng):
     on_gpu = nbce.evaluate(cuda.to_device(x), cuda.to_device(t), top_k=(1, 2))
     assert len(calls) == 1
     assert_matches(on_gpu, ref.evaluation(x, t, top_k=(1, 2)), "float32")
+
+
+def test_auto_scores_host_arrays_on_the_cpu_even_with_a_gpu(monkeypatch, rng):
+    import nbce.cuda.pipeline
+
+    def refuse(*args):
+        raise AssertionError("host arrays went to the GPU pipeline")
+
+    monkeypatch.setattr(nbce.cuda.pipeline, "stream_host_chunks", refuse)
+    x = make_logits(rng, (12, 5), "float32")
+    t = targets_for(rng, (12, 5), -1)
+    assert nbce.evaluate(x, t, device="auto") == nbce.evaluate(x, t, device="cpu")
