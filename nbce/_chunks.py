@@ -10,7 +10,8 @@ naming the file.  The kernel's read-ahead follows the sequential reads, and
 no page of the mapping becomes resident, so memory stays at a chunk or two.
 
 A chunk that is not contiguous in the file (class axis first, Fortran order)
-is scored through the mapping: its pages are dropped from the mapping after
+but made of contiguous runs of at least 4 KiB is read the same way, one
+``pread`` per run.  A chunk of shorter runs is scored through the mapping: its pages are dropped from the mapping after
 use (``MADV_DONTNEED``: for a shared file mapping the data stay in the page
 cache and a later read faults them back in) and the next chunk is announced
 (``MADV_WILLNEED``); the file's size is checked before each chunk, which
@@ -76,25 +77,66 @@ def _truncated(part, end):
 
 def _read(part, file):
     """``part`` of a read-only file mapping as an in-memory array, read from ``file``
-    with ``pread`` when it is one contiguous byte range; else ``part`` itself,
-    once the file is checked to be long enough (see the module docstring)."""
+    with ``pread`` when it is one contiguous byte range or runs of at least
+    ``_MIN_RUN_BYTES``; else ``part`` itself, once the file is checked to be
+    long enough (see the module docstring)."""
     if part.size == 0:
         return np.asarray(part)
     position = _file_position(part)
     if not (part.flags.c_contiguous or part.flags.f_contiguous):
+        runs = _contiguous_runs(part)
+        if runs is not None:
+            return _read_runs(part, file, position, *runs)
         end = position + _byte_bounds(part)[1] - _byte_bounds(part)[0]
         size = os.fstat(file.fileno()).st_size
         if size < end:
             raise _truncated(part, size)
         return part
     copy = np.empty(part.shape, part.dtype, order="C" if part.flags.c_contiguous else "F")
-    data = copy.reshape(-1, order="A").view(np.uint8)
+    _pread_into(file, copy.reshape(-1, order="A").view(np.uint8), position, part)
+    return copy
+
+
+def _pread_into(file, data, position, part):
+    """Fill the bytes ``data`` from ``file`` at ``position``; ValueError if the file ends first."""
     done = 0
     while done < data.size:
         n = os.preadv(file.fileno(), [data[done:]], position + done)
         if n == 0:
             raise _truncated(part, position + done)
         done += n
+
+
+# A run of at least this many bytes is worth one pread of its own.
+_MIN_RUN_BYTES = 4096
+
+
+def _contiguous_runs(part):
+    """(order, axes) when ``part`` is made of byte runs of at least _MIN_RUN_BYTES,
+    each contiguous in C order over its last ``axes`` axes (order "C") or in
+    Fortran order over its first (order "F"), with non-negative strides; else None."""
+    for order, shape, strides in (("C", part.shape, part.strides), ("F", part.shape[::-1], part.strides[::-1])):
+        run, axes = part.itemsize, 0
+        for n, stride in zip(reversed(shape), reversed(strides)):
+            if stride != run and n > 1:
+                break
+            run *= n
+            axes += 1
+        if axes < len(shape) and run >= _MIN_RUN_BYTES and min(part.strides) >= 0:
+            return order, axes
+    return None
+
+
+def _read_runs(part, file, position, order, axes):
+    """``part`` read run by run (one ``pread`` each) into an array of its own:
+    a file truncated meanwhile gives ValueError, never a SIGBUS."""
+    copy = np.empty(part.shape, part.dtype, order=order)
+    outer = part.shape[: part.ndim - axes] if order == "C" else part.shape[axes:]
+    outer_strides = part.strides[: part.ndim - axes] if order == "C" else part.strides[axes:]
+    for index in np.ndindex(*outer):
+        offset = sum(i * stride for i, stride in zip(index, outer_strides))
+        target = copy[index] if order == "C" else copy[(Ellipsis, *index)]
+        _pread_into(file, target.reshape(-1, order="A").view(np.uint8), position + offset, part)
     return copy
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -135,6 +136,28 @@ except ValueError as error:
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "logits.npy: the file ends at byte 2,048, before the array's end" in done.stdout
+
+
+@pytest.mark.parametrize("layout", ["class_axis_first", "fortran"])
+def test_strided_chunks_of_a_mapped_file_are_read_run_by_run(tmp_path, rng, layout):
+    """Chunks that are not one byte range but runs of >= 4 KiB are read with
+    pread, run by run: in memory, equal to the mapping's values, and a file
+    truncated meanwhile is a ValueError (no SIGBUS: the mapping is not touched)."""
+    from nbce._chunks import _read
+
+    x = make_logits(rng, (5, 3000), "float32")
+    if layout == "fortran":
+        x = np.asfortranarray(x.T)  # (3000, 5), class axis last, stored column by column
+    np.save(tmp_path / "logits.npy", x)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+    part = mapped[:, 1000:2100] if layout == "class_axis_first" else mapped[1000:2100]
+    with open(tmp_path / "logits.npy", "rb") as file:
+        read = _read(part, file)
+        assert not isinstance(read, np.memmap)
+        np.testing.assert_array_equal(read, part)
+        os.truncate(tmp_path / "logits.npy", 8192)
+        with pytest.raises(ValueError, match="before the array's end"):
+            _read(part, file)
 
 
 def test_all_equal_logits_tie_in_the_targets_favour():
