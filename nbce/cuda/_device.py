@@ -28,8 +28,16 @@ WARP = 32
 FULL_MASK = 0xFFFFFFFF
 
 
+_usable = []  # True once a GPU was found: it stays usable for the process's life
+
+
 def available():
-    return SIMULATOR or cuda.is_available()
+    if SIMULATOR or _usable:
+        return True
+    if cuda.is_available():
+        _usable.append(True)
+        return True
+    return False
 
 
 def is_numba_device_array(obj):
