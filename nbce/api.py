@@ -5,8 +5,9 @@ lists, strided views) and PyTorch CPU tensors (float32, float16, bfloat16:
 read in place, bfloat16 through its 16-bit words viewed as
 ``ml_dtypes.bfloat16``; a tensor that requires grad is detached, nbce
 computes no gradient), and returns NumPy results: float64 for float64 input,
-float32 for float32, float16 and bfloat16 input.  Batch reductions ("mean",
-"sum") accumulate in float64.
+float32 for float32, float16 and bfloat16 input (``log_softmax`` and
+``softmax`` write into the caller's ``out=`` array instead when given, and
+return it).  Batch reductions ("mean", "sum") accumulate in float64.
 
 Logits in CUDA memory (Numba device arrays, CuPy arrays, PyTorch CUDA
 tensors) run on the GPU backend and give device results of the caller's

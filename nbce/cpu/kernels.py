@@ -67,8 +67,8 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom):
     """Row r of the output (``(out_base, out_geom)``, writable, any strides)
-    = (x_r - c_r) - log s_r (log_softmax), or exp(x_r - c_r) / s_r (softmax),
-    in the row's compute type (see ``_normalize``); (c_r, log s_r) from the
+    = (x_r - c_r) - log s_r (log_softmax), or its exp (softmax), in the row's
+    compute type (see ``_normalize``); (c_r, log s_r) from the
     row pass.  Each output element is written once."""
     out_step = out_geom[0]
     for r in prange(_row_count(out_geom)):
