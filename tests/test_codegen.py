@@ -111,3 +111,19 @@ def test_softmax_output_pass_is_vectorized(dtype, exponentiate):
     if exponentiate:
         assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 6, "the exp of softmax did not vectorize"
     assert not _calls_numba_functions(_normalize.write_normalized, *args, options=ELEMENTWISE_JIT_OPTIONS)
+
+
+def test_contiguous_output_rows_get_the_contiguous_specialization():
+    """normalize_rows hands a unit-stride output row to the output pass as a
+    contiguous array: a destination typed as strided ('A') loses the vector
+    exp (softmax ran at a sixth of the speed)."""
+    from nbce._arrays import as_rows, output_rows
+    from nbce.cpu import _normalize, kernels
+
+    x = np.zeros((3, 64), np.float32)
+    out = np.empty_like(x)
+    rows, out_rows = as_rows(x, 1), output_rows(out, 1)
+    fresh = njit(**{**ELEMENTWISE_JIT_OPTIONS, "cache": False})(kernels.normalize_rows.py_func)
+    fresh(rows.base, rows.geom, rows.length, True, out_rows.base, out_rows.geom)
+    layouts = {signature[-1].layout for signature in _normalize.write_normalized.signatures}
+    assert "C" in layouts

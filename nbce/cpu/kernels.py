@@ -75,11 +75,13 @@ def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom):
         row = load_row(base, geom, n_classes, r)
         shift, log_total = log_normalizer(row)
         start = row_offset(out_geom, r)
+        # One call per layout: a contiguous destination keeps its own
+        # (vectorized) compilation instead of sharing the strided one.
         if out_step == 1:
-            dst = out_base[start:start + n_classes]
+            write_normalized(row, shift, log_total, exponentiate, out_base[start:start + n_classes])
         else:
-            dst = out_base[start:start + (n_classes - 1) * out_step + 1:out_step]
-        write_normalized(row, shift, log_total, exponentiate, dst)
+            write_normalized(row, shift, log_total, exponentiate,
+                             out_base[start:start + (n_classes - 1) * out_step + 1:out_step])
 
 
 @njit(**JIT_OPTIONS)
