@@ -41,25 +41,15 @@ from ._exp import vexp
 @njit(**ELEMENTWISE_JIT_OPTIONS)
 def write_normalized(row, shift, log_total, exponentiate, dst):
     """dst[j] = (x_j - c) - log s (log_softmax), or its exp (softmax), in the
-    row's compute type.  A row of -inf only (log s = -inf) and a row holding
-    +inf (c = +inf, log s = NaN) give NaN."""
+    row's compute type and in this order (compiled without reassociation: see
+    ``_rows.log_softmax_entry``).  A row of -inf only (log s = -inf) and a
+    row holding +inf (c = +inf, log s = NaN) give NaN."""
     like = widen(row[0])
     c = cast_like(shift, like)
     log_s = cast_like(log_total, like)
-    if row.ctypes.data == dst.ctypes.data and row.strides == dst.strides:
-        # In place.  A loop over one array stays vector code; a loop from
-        # one array into another that overlaps it fails LLVM's run-time
-        # overlap check and runs scalar (eight times slower for softmax).
-        for j in range(dst.size):
-            dst[j] = _entry(dst[j], c, log_s, exponentiate)
+    if exponentiate:
+        for j in range(row.size):
+            dst[j] = vexp((widen(row[j]) - c) - log_s)
     else:
         for j in range(row.size):
-            dst[j] = _entry(row[j], c, log_s, exponentiate)
-
-
-@njit(**ELEMENTWISE_JIT_OPTIONS)
-def _entry(value, c, log_s, exponentiate):
-    """(x - c) - log s, or its exp, in this order (compiled without
-    reassociation: see ``_rows.log_softmax_entry``)."""
-    d = (widen(value) - c) - log_s
-    return vexp(d) if exponentiate else d
+            dst[j] = (widen(row[j]) - c) - log_s
