@@ -46,12 +46,10 @@ def host_array(values):
 
 def writable_host_array(values, name="out"):
     """A caller's result array as an ndarray viewing its memory: a NumPy array
-    (a memory map included) or a PyTorch CPU tensor that does not require
-    grad.  ``TypeError`` for anything else, ``ValueError`` when read-only."""
+    (a memory map included) or a PyTorch CPU tensor.  ``TypeError`` for
+    anything else, ``ValueError`` when read-only."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(values, torch.Tensor) and values.device.type == "cpu":
-        if values.requires_grad:
-            raise ValueError(f"{name} requires grad: nbce writes results without recording them for autograd")
         array = host_array(values)
     elif isinstance(values, np.ndarray):
         array = values

@@ -159,6 +159,13 @@ def check_out(shape, dtype, expected_shape, expected_dtype):
                         "(the result dtype: float64 for float64 x, float32 for float32, float16 and bfloat16 x)")
 
 
+def check_out_without_grad(out):
+    """``ValueError`` for a PyTorch ``out`` that requires grad (on either
+    backend), as PyTorch's own ``out=`` refuses it."""
+    if getattr(out, "requires_grad", False):
+        raise ValueError("out requires grad: nbce writes results without recording them for autograd")
+
+
 def check_out_layout(shape, strides, itemsize):
     """``ValueError`` unless every stride of ``out`` (bytes) is a positive
     multiple of its item size: a zero stride writes several results to one

@@ -407,3 +407,13 @@ def test_out_rows_of_an_empty_batch(rng):
     x = cuda.to_device(np.zeros((0, 5), np.float32))
     out = cuda.device_array((0, 5), np.float32)
     assert nbce.log_softmax(x, out=out) is out
+
+
+def test_out_requiring_grad_is_refused_as_on_the_cpu(rng):
+    class Tensor:  # stands in for a torch CUDA tensor that requires grad
+        requires_grad = True
+
+    from nbce._checks import check_out_without_grad
+
+    with pytest.raises(ValueError, match="out requires grad"):
+        check_out_without_grad(Tensor())

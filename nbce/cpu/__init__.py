@@ -65,6 +65,7 @@ def output_rows(out, array, axis, dtype, stream=None):
     """The caller's ``out`` for a result of ``array`` along ``axis``: checked
     (host memory, shape, ``dtype``, layout, overlap with ``array``) and seen as
     writable rows of its own memory."""
+    _checks.check_out_without_grad(out)
     host = _arrays.writable_host_array(out, "out")
     _checks.check_out(host.shape, host.dtype, array.shape, dtype)
     _checks.check_out_layout(host.shape, host.strides, host.itemsize)

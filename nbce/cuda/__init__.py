@@ -390,6 +390,7 @@ def output_rows(out, array, axis, dtype, stream=0):
         raise TypeError("out must be a CUDA array (a Numba device array, CuPy array or PyTorch CUDA tensor) for x "
                         f"in CUDA memory, got {type(out).__module__}.{type(out).__name__}")
     _checks.check_out(tuple(out.shape), _dtype_of(out), array.shape, dtype)
+    _checks.check_out_without_grad(out)
     check_same_device(device_ordinal(out), device_ordinal(array.source), "out")
     data = dev.as_device_array(out, stream)
     itemsize = np.dtype(data.dtype).itemsize
