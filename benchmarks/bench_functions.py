@@ -8,8 +8,8 @@ from ._cases import make_inputs
 
 
 class Functions:
-    params = [["logsumexp", "log_softmax", "softmax", "entropy", "smoothed_cross_entropy",
-               "soft_target_cross_entropy", "binary_with_logits"]]
+    params = [["logsumexp", "log_softmax", "softmax", "log_softmax_out", "softmax_out", "entropy",
+               "smoothed_cross_entropy", "soft_target_cross_entropy", "binary_with_logits"]]
     param_names = ["function"]
 
     def setup(self, function):
@@ -18,12 +18,16 @@ class Functions:
             "logsumexp": lambda: nbce.logsumexp(x),
             "log_softmax": lambda: nbce.log_softmax(x),
             "softmax": lambda: nbce.softmax(x),
+            # a reused result array: no page faults of a fresh one
+            "log_softmax_out": lambda: nbce.log_softmax(x, out=self.out),
+            "softmax_out": lambda: nbce.softmax(x, out=self.out),
             "entropy": lambda: nbce.entropy(x),
             "smoothed_cross_entropy": lambda: nbce.cross_entropy(x, t, label_smoothing=0.1),
             "soft_target_cross_entropy": lambda: nbce.cross_entropy(x, self.y),
             "binary_with_logits": lambda: nbce.binary_cross_entropy_with_logits(x, self.y),
         }
         self.y = np.full_like(x, 1.0 / x.shape[1]) if "soft" in function or "binary" in function else None
+        self.out = np.empty_like(x) if function.endswith("_out") else None
         self.run = calls[function]
         self.run()
 

@@ -44,6 +44,24 @@ def host_array(values):
     return tensor.numpy()
 
 
+def writable_host_array(values, name="out"):
+    """A caller's result array as an ndarray viewing its memory: a NumPy array
+    (a memory map included) or a PyTorch CPU tensor.  ``TypeError`` for
+    anything else, ``ValueError`` when read-only."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(values, torch.Tensor) and values.device.type == "cpu":
+        array = host_array(values)
+    elif isinstance(values, np.ndarray):
+        array = values
+    else:
+        where = f" on {values.device}" if torch is not None and isinstance(values, torch.Tensor) else ""
+        raise TypeError(f"{name} must be a NumPy array or a PyTorch CPU tensor for host input, got "
+                        f"{type(values).__module__}.{type(values).__name__}{where}")
+    if not array.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return array
+
+
 def result_dtype(dtype):
     """float64 for float64 input, float32 for every narrower float."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
@@ -143,19 +161,39 @@ def as_rows(array, axis, stream=None):
     itemsize = array.itemsize
     if any(s < 0 or s % itemsize for s in array.strides):
         array = np.ascontiguousarray(array)
-    moved = np.moveaxis(array, axis, -1)
-    batch_shape = moved.shape[:-1]
-    length = moved.shape[-1]
-    element_strides = [s // itemsize for s in moved.strides]
-    shape, strides = _coalesce(batch_shape, element_strides[:-1])
-    step = element_strides[-1] if length > 1 else 1
-    if moved.size == 0:
+    return _strided_rows(array, axis, writeable=False)
+
+
+def output_rows(array, axis):
+    """Writable rows of a result array along ``axis``: its own memory, never a
+    copy.  The caller has checked that its strides are positive multiples of
+    the item size (``nbce._checks.check_out_layout``)."""
+    return _strided_rows(array, axis, writeable=True)
+
+
+def row_layout(shape, strides, axis, itemsize):
+    """(batch shape, length, class step, coalesced batch shape, its strides):
+    the rows of an array of ``shape`` and byte ``strides`` along ``axis``,
+    strides in elements (see ``Rows``); a negative ``axis`` counts from the end."""
+    axis = axis % len(shape)
+    element_strides = [s // itemsize for s in strides]
+    batch = [n for k, n in enumerate(shape) if k != axis]
+    batch_strides = [s for k, s in enumerate(element_strides) if k != axis]
+    length = shape[axis]
+    step = element_strides[axis] if length > 1 else 1
+    coalesced, coalesced_strides = _coalesce(batch, batch_strides)
+    return tuple(batch), length, step, coalesced, coalesced_strides
+
+
+def _strided_rows(array, axis, writeable):
+    batch_shape, length, step, shape, strides = row_layout(array.shape, array.strides, axis, array.itemsize)
+    if array.size == 0:
         base = np.empty(0, dtype=array.dtype)
     else:
-        span = 1 + sum((n - 1) * s for n, s in zip(moved.shape, element_strides))
-        base = as_strided(moved, shape=(span,), strides=(itemsize,), writeable=False)
+        span = 1 + sum((n - 1) * s // array.itemsize for n, s in zip(array.shape, array.strides))
+        base = as_strided(array, shape=(span,), strides=(array.itemsize,), writeable=writeable)
     geom = np.array([step, len(shape), *shape, *strides], dtype=np.int64)
-    return Rows(base, geom, tuple(batch_shape), length)
+    return Rows(base, geom, batch_shape, length)
 
 
 def normalize_axis(axis, ndim, name="logits"):

@@ -145,3 +145,45 @@ def class_indices(target, n_classes, ignore_index, origin=()):
         position = shift_position(position, origin)
         raise_bad_target(position, value, n_classes, ignore_index)
     return np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
+
+
+def check_out(shape, dtype, expected_shape, expected_dtype):
+    """An ``out=`` array has x's shape (``ValueError``) and exactly the result
+    dtype, native byte order included (``TypeError``).  ``dtype`` is a NumPy
+    dtype, or a name for arrays whose dtype NumPy cannot describe."""
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"out has shape {tuple(shape)}, expected {tuple(expected_shape)} (the shape of x)")
+    expected = np.dtype(expected_dtype)
+    if (dtype != expected.name) if isinstance(dtype, str) else (np.dtype(dtype) != expected):
+        raise TypeError(f"out has dtype {dtype}, expected {expected.name} in native byte order "
+                        "(the result dtype: float64 for float64 x, float32 for float32, float16 and bfloat16 x)")
+
+
+def check_out_without_grad(out):
+    """``ValueError`` for a PyTorch ``out`` that requires grad (on either
+    backend), as PyTorch's own ``out=`` refuses it."""
+    if getattr(out, "requires_grad", False):
+        raise ValueError("out requires grad: nbce writes results without recording them for autograd")
+
+
+def check_out_layout(shape, strides, itemsize):
+    """``ValueError`` unless every stride of ``out`` (bytes) is a positive
+    multiple of its item size: a zero stride writes several results to one
+    element, and the kernels locate rows by non-negative element strides.
+    An empty ``out`` has nothing to write."""
+    if 0 in tuple(shape):
+        return
+    for n, stride in zip(shape, strides):
+        if n > 1 and (stride <= 0 or stride % itemsize):
+            raise ValueError(
+                f"out has strides {tuple(strides)}: nbce writes only arrays whose strides are positive "
+                f"multiples of the item size ({itemsize} bytes), such as C-ordered arrays and their slices"
+            )
+
+
+def check_out_overlap(overlaps, in_place):
+    """``ValueError`` when ``out`` shares memory with ``x`` without being x itself
+    (the same memory in the same layout, which is allowed: in place)."""
+    if overlaps and not in_place:
+        raise ValueError("out overlaps x's memory without being x itself: pass out=x (the same memory and "
+                         "layout) to work in place, or an array of its own")

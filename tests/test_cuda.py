@@ -309,3 +309,111 @@ def test_infinite_and_nan_rows_match_the_cpu():
                                   nbce.cross_entropy(x, t, reduction="none"))
     np.testing.assert_array_equal(host(nbce.cross_entropy(d, t, reduction="none", label_smoothing=0.1)),
                                   nbce.cross_entropy(x, t, reduction="none", label_smoothing=0.1))
+
+
+NORMALIZERS = {"log_softmax": (nbce.log_softmax, ref.log_softmax), "softmax": (nbce.softmax, ref.softmax)}
+
+
+def poisoned(shape, dtype=np.float32, order="C"):
+    return cuda.to_device(np.full(shape, np.nan, dtype=dtype, order=order))
+
+
+@pytest.mark.parametrize("name", NORMALIZERS)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_out_is_returned_and_every_element_written(name, dtype, rng):
+    ours, theirs = NORMALIZERS[name]
+    x = make_logits(rng, (4, 37), dtype)
+    out = poisoned(x.shape, np.float64 if dtype == "float64" else np.float32)
+    assert ours(cuda.to_device(x), out=out) is out
+    assert not np.isnan(host(out)).any()
+    close(out, theirs(x), dtype)
+
+
+OUT_LAYOUTS = {
+    "fortran": lambda shape: poisoned(shape, order="F"),
+    "transposed": lambda shape: poisoned(shape[::-1]).T,
+    "strided rows": lambda shape: poisoned((2 * shape[0], shape[1]))[::2],
+    "strided classes": lambda shape: poisoned((shape[0], 3 * shape[1]))[:, 1::3],
+}
+
+
+@pytest.mark.parametrize("name", NORMALIZERS)
+@pytest.mark.parametrize("layout", OUT_LAYOUTS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_non_contiguous_out(name, layout, axis, rng):
+    ours, theirs = NORMALIZERS[name]
+    x = make_logits(rng, (6, 21), "float32")
+    out = OUT_LAYOUTS[layout](x.shape)
+    assert ours(cuda.to_device(x), axis=axis, out=out) is out
+    close(out, theirs(x, axis=axis), "float32")
+
+
+def test_out_of_a_3d_class_axis_in_the_middle(rng):
+    """A class-last array with its class axis moved into place (the layout of
+    out=None's result) is written; a C-ordered (N, C, L) out is refused."""
+    x = make_logits(rng, (3, 5, 4), "float64")
+    out = poisoned((3, 4, 5), np.float64)
+    moved = cuda_backend.move_class_axis(out, 1)
+    assert nbce.softmax(cuda.to_device(x), axis=1, out=moved) is moved
+    close(moved, ref.softmax(x, axis=1))
+    with pytest.raises(ValueError, match=r"out's axes other than the class axis \(1\) must merge"):
+        nbce.softmax(cuda.to_device(x), axis=1, out=poisoned(x.shape, np.float64))
+
+
+@pytest.mark.parametrize("name", NORMALIZERS)
+def test_in_place(name, rng):
+    ours, theirs = NORMALIZERS[name]
+    x = make_logits(rng, (5, 40), "float32")
+    d = cuda.to_device(x)
+    assert ours(d, out=d) is d
+    close(d, theirs(x), "float32")
+    transposed = cuda.to_device(np.ascontiguousarray(x.T)).T  # class stride 5: gathered, then written in place
+    assert ours(transposed, out=transposed) is transposed
+    close(transposed, theirs(x), "float32")
+
+
+def test_bad_out_is_refused(rng):
+    x = make_logits(rng, (4, 6), "float32")
+    d = cuda.to_device(x)
+    cases = [
+        (poisoned((4, 5)), ValueError, r"out has shape \(4, 5\), expected \(4, 6\)"),
+        (poisoned((4, 6), np.float64), TypeError, "out has dtype float64, expected float32"),
+        (np.empty((4, 6), np.float32), TypeError, "out must be a CUDA array .* for x in CUDA memory, got numpy.ndarray"),
+        (poisoned((4, 6))[::-1], ValueError, r"out has strides \(-24, 4\)"),
+        (d[1:], ValueError, r"out has shape"),
+    ]
+    for out, error, match in cases:
+        for function in (nbce.softmax, nbce.log_softmax):
+            with pytest.raises(error, match=match):
+                function(d, out=out)
+    with pytest.raises(TypeError, match="out must be a NumPy array or a PyTorch CPU tensor for host input, got "
+                                        "numba.cuda"):
+        nbce.softmax(x, out=poisoned((4, 6)))
+
+
+def test_partial_overlap_is_refused(rng):
+    whole = cuda.to_device(make_logits(rng, (8, 10), "float32"))
+    with pytest.raises(ValueError, match="out overlaps x's memory without being x itself"):
+        nbce.softmax(whole[:4], out=whole[2:6])
+    square = cuda.to_device(make_logits(rng, (6, 6), "float32"))
+    with pytest.raises(ValueError, match="overlaps"):
+        nbce.log_softmax(square, out=square.T)
+    expected = ref.softmax(whole[:4].copy_to_host())
+    assert nbce.softmax(whole[:4], out=whole[4:]) is not None  # disjoint halves of one array
+    close(whole[4:], expected, "float32")
+
+
+def test_out_rows_of_an_empty_batch(rng):
+    x = cuda.to_device(np.zeros((0, 5), np.float32))
+    out = cuda.device_array((0, 5), np.float32)
+    assert nbce.log_softmax(x, out=out) is out
+
+
+def test_out_requiring_grad_is_refused_as_on_the_cpu(rng):
+    class Tensor:  # stands in for a torch CUDA tensor that requires grad
+        requires_grad = True
+
+    from nbce._checks import check_out_without_grad
+
+    with pytest.raises(ValueError, match="out requires grad"):
+        check_out_without_grad(Tensor())

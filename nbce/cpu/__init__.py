@@ -14,7 +14,7 @@ from .._arrays import as_rows, host_array
 from .._threads import launches
 from . import kernels
 
-__all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "class_weight",
+__all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "output_rows", "class_weight",
            "class_index_loss", "cross_entropy_indices", "cross_entropy_soft",
            "soft_target_loss", "row_metrics", "to_host", "host_array", "binary_loss", "binary_cross_entropy", "finish", "reduce", "wrap_like", "move_class_axis"]
 
@@ -43,11 +43,52 @@ def softmax_stats(rows, with_entropy, stream=None):
 
 
 @launches
-def normalize(rows, exponentiate, dtype, stream=None):
-    """log_softmax (or softmax) rows as an (n_rows, length) array of ``dtype``."""
-    out = np.empty((rows.n_rows, rows.length), dtype=dtype)
-    kernels.normalize_rows(rows.base, rows.geom, exponentiate, out)
-    return out
+def normalize(rows, exponentiate, dtype, stream=None, out=None):
+    """log_softmax (or softmax) of ``rows`` written into ``out`` (rows from
+    ``output_rows``), or into a new (n_rows, length) array of ``dtype``; returns
+    the array written (None for ``out``)."""
+    result = None
+    if out is None:
+        result = np.empty((rows.n_rows, rows.length), dtype=dtype)
+        out = _arrays.output_rows(result, 1)
+    elif _same_layout(out.base, rows.base) and np.array_equal(out.geom, rows.geom):
+        # In place: read through the output's own view, so that LLVM sees one
+        # array read and written element by element and keeps the vector
+        # loop; two views of one memory fail its run-time overlap check and
+        # leave the loop scalar (softmax in place ran 6x slower).
+        rows = out
+    kernels.normalize_rows(rows.base, rows.geom, rows.length, exponentiate, out.base, out.geom)
+    return result
+
+
+def output_rows(out, array, axis, dtype, stream=None):
+    """The caller's ``out`` for a result of ``array`` along ``axis``: checked
+    (host memory, shape, ``dtype``, layout, overlap with ``array``) and seen as
+    writable rows of its own memory."""
+    _checks.check_out_without_grad(out)
+    host = _arrays.writable_host_array(out, "out")
+    _checks.check_out(host.shape, host.dtype, array.shape, dtype)
+    _checks.check_out_layout(host.shape, host.strides, host.itemsize)
+    in_place = _same_layout(host, array)
+    _checks.check_out_overlap(not in_place and _shares_memory(host, array), in_place)
+    return _arrays.output_rows(host, axis)
+
+
+def _same_layout(a, b):
+    """The same elements at the same addresses: same first address, shape, strides and item size."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            and a.strides == b.strides and a.itemsize == b.itemsize)
+
+
+# Enough for the overlap question of ordinary views; beyond it, assume overlap.
+_OVERLAP_WORK = 100_000
+
+
+def _shares_memory(a, b):
+    try:
+        return np.shares_memory(a, b, max_work=_OVERLAP_WORK)
+    except np.exceptions.TooHardError:
+        return True
 
 
 @launches

@@ -16,7 +16,7 @@ from .._config import ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JI
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._binary import BLOCK as BINARY_BLOCK, CHUNK as BINARY_CHUNK, block_loss, fill
 from ._bits import widen
-from ._exp import vexp
+from ._normalize import write_normalized
 from ._rows import (
     LOGITS,
     log_normalizer,
@@ -65,20 +65,32 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
-def normalize_rows(base, geom, exponentiate, out):
-    """out[r] = (x_r - c_r) - log s_r (log_softmax), or its exp (softmax);
-    evaluated in float64, then rounded."""
-    n_classes = out.shape[1]
-    for r in prange(out.shape[0]):
+def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom):
+    """Row r of the output (``(out_base, out_geom)``, writable, any strides)
+    = (x_r - c_r) - log s_r (log_softmax), or its exp (softmax), in the row's
+    compute type (see ``_normalize``); (c_r, log s_r) from the
+    row pass.  Each output element is written once."""
+    out_step = out_geom[0]
+    for r in prange(_row_count(out_geom)):
         row = load_row(base, geom, n_classes, r)
         shift, log_total = log_normalizer(row)
-        dst = out[r]
-        if exponentiate:
-            for j in range(n_classes):
-                dst[j] = vexp(log_softmax_entry(widen(row[j]), shift, log_total))
+        start = row_offset(out_geom, r)
+        # One call per layout: a contiguous destination keeps its own
+        # (vectorized) compilation instead of sharing the strided one.
+        if out_step == 1:
+            write_normalized(row, shift, log_total, exponentiate, out_base[start:start + n_classes])
         else:
-            for j in range(n_classes):
-                dst[j] = log_softmax_entry(widen(row[j]), shift, log_total)
+            write_normalized(row, shift, log_total, exponentiate,
+                             out_base[start:start + (n_classes - 1) * out_step + 1:out_step])
+
+
+@njit(**JIT_OPTIONS)
+def _row_count(geom):
+    """The number of rows a geometry describes (the product of its batch shape)."""
+    n = 1
+    for d in range(geom[1]):
+        n *= geom[2 + d]
+    return n
 
 
 @njit(**JIT_OPTIONS)

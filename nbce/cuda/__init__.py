@@ -366,18 +366,82 @@ def row_statistic(rows, which, dtype, stream=0):
     return shaped
 
 
-def normalize(rows, exponentiate, dtype, stream=0):
-    """log_softmax (or softmax) rows: the row kernel's (m, log s), then one element-wise pass."""
+def normalize(rows, exponentiate, dtype, stream=0, out=None):
+    """log_softmax (or softmax) rows: the row kernel's (m, log s), then one
+    element-wise pass into ``out`` (a (rows, classes) view from
+    ``output_rows``) or a new (n_rows, length) device array of ``dtype``,
+    which is returned."""
     ws = workspace(stream)
     shift = ws.buffer("shift", (rows.n_rows,))
     log_sum = ws.buffer("log_sum", (rows.n_rows,))
     _row_job(rows, _plan(rows, rows_module.SHIFT), stream, shift, log_sum)
-    out = dev.device_empty((rows.n_rows, rows.length), dtype, stream)
+    if out is None:
+        out = dev.device_empty((rows.n_rows, rows.length), dtype, stream)
     if rows.n_rows:
-        blocks = _grid(math.ceil(out.size / THREADS))
+        blocks = _grid(math.ceil(rows.n_rows * rows.length / THREADS))
         kernels = elementwise_kernels(THREADS, rows.narrow, rows.bfloat16)
         launch(kernels.normalize, blocks, THREADS, stream, rows.data, shift, log_sum, exponentiate, out)
     return out
+
+
+def output_rows(out, array, axis, dtype, stream=0):
+    """The caller's device ``out`` for a result of ``array`` along ``axis``:
+    checked (CUDA memory on the same GPU, shape, ``dtype``, layout, overlap
+    with ``array``) and seen as a (rows, classes) strided view of its memory."""
+    if not is_cuda_array(out):
+        raise TypeError("out must be a CUDA array (a Numba device array, CuPy array or PyTorch CUDA tensor) for x "
+                        f"in CUDA memory, got {type(out).__module__}.{type(out).__name__}")
+    _checks.check_out(tuple(out.shape), _dtype_of(out), array.shape, dtype)
+    _checks.check_out_without_grad(out)
+    check_same_device(device_ordinal(out), device_ordinal(array.source), "out")
+    data = dev.as_device_array(out, stream)
+    itemsize = np.dtype(data.dtype).itemsize
+    _checks.check_out_layout(data.shape, data.strides, itemsize)
+    in_place = _same_layout(data, array.data)
+    _checks.check_out_overlap(not in_place and _extents_overlap(data, array.data), in_place)
+    batch, length, step, merged, merged_strides = _arrays.row_layout(tuple(data.shape), tuple(data.strides), axis,
+                                                                     itemsize)
+    if len(merged) > 1:
+        raise ValueError(f"out has strides {tuple(data.strides)}: on the GPU, out's axes other than the class axis "
+                         f"({axis}) must merge into one strided axis, as in any 2-D array, a C-ordered array with "
+                         "the class axis last, or a class-last C-ordered array with its class axis moved into place "
+                         "(what out=None returns)")
+    n_rows = prod(batch)
+    if n_rows == 0:
+        return data
+    row_stride = merged_strides[0] if merged else length * step
+    return dev.strided_view(data, 0, (n_rows, length), (row_stride * itemsize, step * itemsize))
+
+
+def _dtype_of(array):
+    """A device array's dtype; a name for PyTorch dtypes NumPy lacks (bfloat16)."""
+    if _library(array) == "torch":
+        return str(array.dtype).removeprefix("torch.")
+    return np.dtype(array.dtype)
+
+
+def _byte_extent(data):
+    """[first, last] byte addresses a device array's elements cover (None when empty)."""
+    shape = tuple(data.shape)
+    if prod(shape) == 0:
+        return None
+    start = dev.address(data)
+    low = start + sum(min(0, (n - 1) * s) for n, s in zip(shape, data.strides))
+    high = start + sum(max(0, (n - 1) * s) for n, s in zip(shape, data.strides)) + np.dtype(data.dtype).itemsize - 1
+    return low, high
+
+
+def _extents_overlap(a, b):
+    """Whether the address ranges of two device arrays intersect (a range test:
+    interleaved views that share no element count as overlapping)."""
+    first, second = _byte_extent(a), _byte_extent(b)
+    return first is not None and second is not None and first[0] <= second[1] and second[0] <= first[1]
+
+
+def _same_layout(a, b):
+    """The same elements at the same device addresses."""
+    return (dev.address(a) == dev.address(b) and tuple(a.shape) == tuple(b.shape)
+            and tuple(a.strides) == tuple(b.strides) and np.dtype(a.dtype) == np.dtype(b.dtype))
 
 
 def class_weight(weight, n_classes, stream=0):
