@@ -93,3 +93,19 @@ def test_binary_losses_are_vectorized(dtype):
 def test_binary_block_sum_is_vectorized(dtype):
     asm = _asm(_binary.float64_sum, np.zeros(512, dtype), options=JIT_OPTIONS)
     assert re.search(r"\bv?addpd\s+%[xyz]mm\d+, %[xyz]mm\d+, %[xyz]mm", asm) or re.search(r"\baddpd\s", asm)
+
+
+def test_logarithms_of_a_group_of_rows_are_vectorized():
+    """One vector loop of vlog, log1p and exp over the rows of a group: a loop
+    reading and writing rows of one array, or a call left in it, stays scalar."""
+    asm = _asm(_rows.log_stats_table, np.ones((_rows.N_SUMS, 64)), np.ones((_rows.N_LOGS, 64)), 64,
+               options=ELEMENTWISE_JIT_OPTIONS)
+    assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 20
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_short_rows_are_summed_across_rows_in_vectors(dtype):
+    columns = np.zeros((100, 64), dtype)
+    asm = _asm(_rows._column_sums_split, columns, 64, np.zeros(64, dtype), True, options=JIT_OPTIONS)
+    assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 6
+    assert PACKED_INT_MAX.search(_asm(_rows._column_extrema, columns, 64, options=JIT_OPTIONS))
