@@ -141,6 +141,20 @@ def test_strided_layouts(n_classes, rng):
                      ref.cross_entropy(view, t, reduction="none"), "float64")
 
 
+@pytest.mark.parametrize("n_classes", LENGTHS)
+def test_a_rows_result_does_not_depend_on_its_place_in_the_batch(n_classes, rng):
+    """Rows sit in other places of their groups once the batch is sliced
+    (as ``nbce.evaluate`` does in chunks): the results must not move."""
+    n, x, t = edge_case(rng, n_classes, "float32")
+    whole = [nbce.logsumexp(x), nbce.entropy(x), nbce.cross_entropy(x, t, reduction="none"),
+             *row_metrics(as_rows(x, -1), t, -100)]
+    for k in (1, 5, 17, n - 70):
+        part = [nbce.logsumexp(x[k:]), nbce.entropy(x[k:]), nbce.cross_entropy(x[k:], t[k:], reduction="none"),
+                *row_metrics(as_rows(x[k:], -1), t[k:], -100)]
+        for a, b in zip(whole, part):
+            np.testing.assert_array_equal(a[k:], b)
+
+
 @pytest.mark.parametrize("n_classes", [1, 7, SHORT, SHORT + 1, 3000])
 def test_results_do_not_depend_on_the_thread_count_or_the_run(n_classes, rng):
     import numba

@@ -80,9 +80,9 @@ def load_row(base, geom, n, r):
 # share the per-task costs and the logarithms of their statistics run as one
 # vector loop (``_rows.log_stats_table``).  Rows of at most SHORT_ROW entries
 # are read as the columns of one array per group (``gather_columns``,
-# ``_rows.column_sums``): groups of GROUP_ROWS rows or more, a multiple of 16
-# (whole vectors of rows), with about GROUP_ELEMENTS entries when the rows are
-# very short.  Longer rows are streamed one by one (``_rows.row_sums``), about
+# ``_rows.column_sums``): groups of GROUP_ROWS rows or more, a multiple of
+# LANES (whole vectors of rows), with about GROUP_ELEMENTS entries when the
+# rows are very short.  Longer rows are streamed one by one (``_rows.row_sums``), about
 # GROUP_ELEMENTS entries and at most GROUP_ROWS rows a group.  SHORT_ROW is
 # where the two cost the same (README, "Performance").  The grouping depends
 # on the row length only, never on the thread count, and a row's arithmetic
@@ -90,12 +90,15 @@ def load_row(base, geom, n, r):
 GROUP_ELEMENTS = 4096
 GROUP_ROWS = 64
 SHORT_ROW = 64
+# Columns of the per-group arrays: a multiple of every vector loop's step
+# (vector width times interleave: 64 float32 values for AVX-512); see ``lanes``.
+LANES = 64
 
 
 @njit(**JIT_OPTIONS)
 def rows_per_group(n_classes):
     if n_classes <= SHORT_ROW:
-        return max(GROUP_ROWS, GROUP_ELEMENTS // n_classes // 16 * 16)
+        return max(GROUP_ROWS, GROUP_ELEMENTS // n_classes // LANES * LANES)
     return max(1, min(GROUP_ROWS, GROUP_ELEMENTS // n_classes))
 
 
@@ -106,40 +109,58 @@ def n_groups(n_rows, size):
 
 @njit(**JIT_OPTIONS)
 def group_scratch(g, size, n_rows):
-    """(first row, picks, starts, sums, logs) of group ``g``; see ``group_stats``."""
+    """(first row, picks, starts, sums, logs) of group ``g``; see ``group_stats``.
+    The tables are ``lanes(count)`` columns wide."""
     first = np.int64(g) * size
     count = min(size, n_rows - first)
     index = np.empty((2, count), np.int64)
-    return first, index[0], index[1], np.empty((N_SUMS, count), np.float64), np.empty((N_LOGS, count), np.float64)
+    width = lanes(count)
+    return first, index[0], index[1], np.empty((N_SUMS, width), np.float64), np.empty((N_LOGS, width), np.float64)
+
+
+@njit(**JIT_OPTIONS)
+def lanes(count):
+    """``count`` rounded up to a multiple of LANES.
+
+    The loops across the rows of a group run over this many columns, the
+    columns past the group's rows holding neutral values: LLVM's vector loop
+    then takes every row and leaves no scalar remainder, whose instructions
+    (fused or not, masked or not) could round differently.  A row's result
+    must not depend on its place in the group, or splitting a batch into
+    chunks would change it.
+    """
+    return (count + LANES - 1) // LANES * LANES
 
 
 @njit(**JIT_OPTIONS)
 def gather_columns(base, starts, step, n_classes, picks):
     """(columns, pivots): the rows at ``starts`` as the columns of an
-    (n_classes, rows) array of the compute type, columns[j, i] = entry j of
-    row i, and pivots[i] = entry picks[i] of row i.  Rows with picks[i] < 0
-    are not read (zeros instead)."""
+    (n_classes, lanes(rows)) array of the compute type, columns[j, i] =
+    entry j of row i, and pivots[i] = entry picks[i] of row i.  Rows with
+    picks[i] < 0 are not read, and they and the columns past the rows hold
+    zeros."""
     count = picks.size
+    width = lanes(count)
     zero = cast_like(0.0, widen(base[0]))
-    columns = empty_of((n_classes, count), zero)
+    columns = empty_of((n_classes, width), zero)
     flat = columns.reshape(-1)
     # Row by row: a loop across rows would read with vector gathers, slower
     # than these strided stores.
-    for i in range(count):
-        start = starts[i]
-        if picks[i] < 0:
+    for i in range(width):
+        start = starts[i] if i < count else 0
+        if i >= count or picks[i] < 0:
             for j in range(n_classes):
-                flat[j * count + i] = zero
+                flat[j * width + i] = zero
         elif step == 1:
             row = base[start:start + n_classes]
             for j in range(n_classes):
-                flat[j * count + i] = widen(row[j])
+                flat[j * width + i] = widen(row[j])
         else:
             for j in range(n_classes):
-                flat[j * count + i] = widen(base[start + j * step])
-    pivots = empty_of(count, zero)
-    for i in range(count):
-        pivots[i] = columns[picks[i], i] if picks[i] >= 0 else zero
+                flat[j * width + i] = widen(base[start + j * step])
+    pivots = empty_of(width, zero)
+    for i in range(width):
+        pivots[i] = columns[picks[i], i] if i < count and picks[i] >= 0 else zero
     return columns, pivots
 
 
@@ -149,12 +170,13 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     into the columns of ``sums`` and ``logs`` (see ``_rows.log_stats_table``)
     and their offsets into ``starts``.  Row i is read when picks[i] >= 0, and ``above``
     then counts its entries greater than entry picks[i] (``count_above``);
-    a row not read gets c = log s = 0.  Rows of at most ``SHORT_ROW``
-    entries are read as columns of one array (``_rows.column_sums``), longer
-    ones one at a time (``_rows.row_sums``).
+    a row not read, and the columns past the rows, get c = log s = 0.  Rows
+    of at most ``SHORT_ROW`` entries are read as columns of one array
+    (``_rows.column_sums``), longer ones one at a time (``_rows.row_sums``).
     """
     step = geom[0]
     count = picks.size
+    width = sums.shape[1]
     read = 0
     for i in range(count):
         starts[i] = row_offset(geom, first + i)
@@ -162,9 +184,9 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     short = n_classes <= SHORT_ROW
     if short and read > 0:
         columns, pivots = gather_columns(base, starts, step, n_classes, picks)
-        column_sums(columns, count, pivots, with_entropy, count_above, sums)
-    for i in range(count):
-        if picks[i] < 0:
+        column_sums(columns, width, pivots, with_entropy, count_above, sums)
+    for i in range(width):
+        if i >= count or picks[i] < 0:
             shift, ones, rest, moment, top, above = 0.0, 1.0, 0.0, 0.0, 0.0, 0
         elif short:
             continue
@@ -173,7 +195,7 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
             shift, ones, rest, moment, top, above = row_sums(row, with_entropy, count_above, widen(row[picks[i]]))
         sums[SHIFT, i], sums[ONES, i], sums[REST, i] = shift, ones, rest
         sums[MOMENT, i], sums[TOP, i], sums[ABOVE, i] = moment, top, above
-    log_stats_table(sums, logs, count)
+    log_stats_table(sums, logs, width)
 
 
 @njit(**JIT_OPTIONS)
