@@ -80,25 +80,26 @@ def load_row(base, geom, n, r):
 # share the per-task costs and the logarithms of their statistics run as one
 # vector loop (``_rows.log_stats_table``).  Rows of at most SHORT_ROW entries
 # are read as the columns of one array per group (``gather_columns``,
-# ``_rows.column_sums``): groups of GROUP_ROWS rows or more, a multiple of
-# LANES (whole vectors of rows), with about GROUP_ELEMENTS entries when the
-# rows are very short.  Longer rows are streamed one by one (``_rows.row_sums``), about
-# GROUP_ELEMENTS entries and at most GROUP_ROWS rows a group.  SHORT_ROW is
-# where the two cost the same (README, "Performance").  The grouping depends
-# on the row length only, never on the thread count, and a row's arithmetic
-# does not depend on its place in the group, so results are reproducible.
+# ``_rows.column_sums``): groups of a multiple of LANES rows (whole vectors of
+# rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
+# rows are streamed one by one (``_rows.row_sums``), about GROUP_ELEMENTS
+# entries and at most GROUP_ROWS rows a group.  SHORT_ROW is where the two
+# cost the same (README, "Performance").  The grouping depends on the row
+# length only, never on the thread count, and a row's arithmetic does not
+# depend on its place in the group (``lanes``), so results are reproducible.
 GROUP_ELEMENTS = 4096
 GROUP_ROWS = 64
 SHORT_ROW = 64
 # Columns of the per-group arrays: a multiple of every vector loop's step
-# (vector width times interleave: 64 float32 values for AVX-512); see ``lanes``.
-LANES = 64
+# (vector width times interleave: 64 float32 values for AVX-512, with room
+# for a larger interleave); see ``lanes``.
+LANES = 128
 
 
 @njit(**JIT_OPTIONS)
 def rows_per_group(n_classes):
     if n_classes <= SHORT_ROW:
-        return max(GROUP_ROWS, GROUP_ELEMENTS // n_classes // LANES * LANES)
+        return max(LANES, GROUP_ELEMENTS // n_classes // LANES * LANES)
     return max(1, min(GROUP_ROWS, GROUP_ELEMENTS // n_classes))
 
 
