@@ -14,7 +14,7 @@ a non-unit class stride costs a per-row gather into a small buffer.
 import numpy as np
 from numba import njit, prange
 
-from .._config import ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._config import BLOCK, ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._binary import BLOCK as BINARY_BLOCK, CHUNK as BINARY_CHUNK, block_loss, fill
 from ._bits import cast_like, empty_of, widen
@@ -40,6 +40,7 @@ from ._rows import (
     log_stats_table,
     logsumexp_of,
     row_sums,
+    short_row_sums,
     soft_target_sum,
     weighted_log_prob_sum,
 )
@@ -89,7 +90,7 @@ def load_row(base, geom, n, r):
 # depend on its place in the group (``lanes``), so results are reproducible.
 GROUP_ELEMENTS = 4096
 GROUP_ROWS = 64
-SHORT_ROW = 64
+SHORT_ROW = 48
 # Columns of the per-group arrays: a multiple of every vector loop's step
 # (vector width times interleave: 64 float32 values for AVX-512, with room
 # for a larger interleave); see ``lanes``.
@@ -191,6 +192,9 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
             shift, ones, rest, moment, top, above = 0.0, 1.0, 0.0, 0.0, 0.0, 0
         elif short:
             continue
+        elif n_classes <= BLOCK:
+            row = load_row_at(base, starts[i], step, n_classes)
+            shift, ones, rest, moment, top, above = short_row_sums(row, with_entropy, count_above, widen(row[picks[i]]))
         else:
             row = load_row_at(base, starts[i], step, n_classes)
             shift, ones, rest, moment, top, above = row_sums(row, with_entropy, count_above, widen(row[picks[i]]))
