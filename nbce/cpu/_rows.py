@@ -28,9 +28,11 @@ at most ``BLOCK`` terms each no larger than 1; blocks are merged in float64,
 so the rounding error does not grow with the row length.  -inf entries add
 exactly 0, a +inf entry makes the result +inf, a NaN makes it NaN.
 
-Short rows are summed across rows instead (``column_sums``: the same sums of
-one block, a vector holding one entry of each of 16 rows), and the logarithms
-of a group of rows are taken in one vector loop (``log_stats_table``).
+A row of one block needs no running maximum (``short_row_sums``); rows of
+at most ``kernels.SHORT_ROW`` entries are summed across rows instead
+(``column_sums``: the same sums of one block, a vector holding one entry of
+each of 16 rows); and the logarithms of a group of rows are taken in one
+vector loop (``log_stats_table``).
 """
 
 import numpy as np

@@ -83,8 +83,9 @@ def load_row(base, geom, n, r):
 # are read as the columns of one array per group (``gather_columns``,
 # ``_rows.column_sums``): groups of a multiple of LANES rows (whole vectors of
 # rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
-# rows are streamed one by one (``_rows.row_sums``), about GROUP_ELEMENTS
-# entries and at most GROUP_ROWS rows a group.  SHORT_ROW is where the two
+# rows are read one by one (``_rows.short_row_sums`` up to a block,
+# ``_rows.row_sums`` beyond), about GROUP_ELEMENTS entries and at most
+# GROUP_ROWS rows a group.  SHORT_ROW is where the two
 # cost the same (README, "Performance").  The grouping depends on the row
 # length only, never on the thread count, and a row's arithmetic does not
 # depend on its place in the group (``lanes``), so results are reproducible.
@@ -174,7 +175,8 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     then counts its entries greater than entry picks[i] (``count_above``);
     a row not read, and the columns past the rows, get c = log s = 0.  Rows
     of at most ``SHORT_ROW`` entries are read as columns of one array
-    (``_rows.column_sums``), longer ones one at a time (``_rows.row_sums``).
+    (``_rows.column_sums``), longer ones one at a time (``_rows.short_row_sums``
+    up to ``BLOCK`` entries, ``_rows.row_sums`` beyond).
     """
     step = geom[0]
     count = picks.size
