@@ -113,11 +113,12 @@ def n_groups(n_rows, size):
 @njit(**JIT_OPTIONS)
 def group_scratch(g, size, n_rows):
     """(first row, picks, starts, sums, logs) of group ``g``; see ``group_stats``.
-    The tables are ``lanes(count)`` columns wide."""
+    The tables are ``lanes(count)`` columns wide, or one for groups of one
+    row (long rows: every row is then in the same place)."""
     first = np.int64(g) * size
     count = min(size, n_rows - first)
     index = np.empty((2, count), np.int64)
-    width = lanes(count)
+    width = lanes(count) if size > 1 else count
     return first, index[0], index[1], np.empty((N_SUMS, width), np.float64), np.empty((N_LOGS, width), np.float64)
 
 
