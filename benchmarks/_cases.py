@@ -14,7 +14,7 @@ import nbce
 from nbce import _bench
 
 
-def _optional(module):
+def optional(module):
     """Import ``module``, or tell asv to skip the case when it is not installed."""
     try:
         return importlib.import_module(module)
@@ -36,7 +36,7 @@ def _numpy(x, t):
 
 
 def _torch(x, t):
-    torch = _optional("torch")
+    torch = optional("torch")
     if x.dtype.name == "bfloat16":
         xt = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
     else:
@@ -46,8 +46,8 @@ def _torch(x, t):
 
 
 def _jax(x, t):
-    jax = _optional("jax")
-    jnp = _optional("jax.numpy")
+    jax = optional("jax")
+    jnp = optional("jax.numpy")
 
     @jax.jit
     def loss(x, t):
@@ -86,7 +86,7 @@ def _numpy_evaluate(x, t):
 
 
 def _torch_evaluate(x, t):
-    torch = _optional("torch")
+    torch = optional("torch")
     xt, tt = torch.from_numpy(x), torch.from_numpy(t)
 
     def run():
@@ -100,8 +100,8 @@ def _torch_evaluate(x, t):
 
 
 def _jax_evaluate(x, t):
-    jax = _optional("jax")
-    jnp = _optional("jax.numpy")
+    jax = optional("jax")
+    jnp = optional("jax.numpy")
 
     @jax.jit
     def metrics(x, t):

@@ -4,7 +4,7 @@ import numpy as np
 
 import nbce
 
-from ._cases import make_inputs
+from ._cases import optional, make_inputs
 
 
 class Functions:
@@ -32,6 +32,32 @@ class Functions:
         self.run()
 
     def time_function(self, function):
+        self.run()
+
+
+class ShortRows:
+    """Small vocabularies (65536 rows of 100 classes): the row kernels' per-row
+    costs, beside PyTorch's logsumexp and cross_entropy on the same array."""
+
+    params = [["logsumexp", "entropy", "cross_entropy", "evaluate"], ["float32", "float64"], ["nbce", "torch"]]
+    param_names = ["function", "dtype", "library"]
+
+    def setup(self, function, dtype, library):
+        x, t = make_inputs((65536, 100), dtype)
+        if library == "torch":
+            if function not in ("logsumexp", "cross_entropy"):
+                raise NotImplementedError("torch has no single call for this")
+            torch = optional("torch")
+            xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+            calls = {"logsumexp": lambda: torch.logsumexp(xt, dim=1),
+                     "cross_entropy": lambda: torch.nn.functional.cross_entropy(xt, tt)}
+        else:
+            calls = {"logsumexp": lambda: nbce.logsumexp(x), "entropy": lambda: nbce.entropy(x),
+                     "cross_entropy": lambda: nbce.cross_entropy(x, t), "evaluate": lambda: nbce.evaluate(x, t)}
+        self.run = calls[function]
+        self.run()
+
+    def time_function(self, function, dtype, library):
         self.run()
 
 

@@ -10,7 +10,8 @@ imported as an empty namespace package that hides the real one.
 A cache locator placed first in Numba's list claims only functions whose
 source lies inside this package and sends them to
 ``<user cache>/nbce/numba/<nbce version>/<source folder>_<hash of its path>``.
-Everyone else's functions keep Numba's own locators, and ``NUMBA_CACHE_DIR``
+Their source stamp covers every source file of the package (kernels inline
+functions of other modules).  Everyone else's functions keep Numba's own locators, and ``NUMBA_CACHE_DIR``
 or ``NUMBA_CACHE_LOCATOR_CLASSES``, when set, apply to nbce as well.
 """
 
@@ -60,6 +61,20 @@ class PackageCacheLocator(_UserProvidedCacheLocator):
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
         self._cache_path = os.path.join(root, self.get_suitable_cache_subpath(py_file))
+
+    _package_stamp = None
+
+    def get_source_stamp(self):
+        """(latest modification time, total size) of the package's source files.
+
+        Numba's stamp is the decorated function's file alone, but nbce's
+        kernels inline functions of other modules: an edit there would leave
+        the cached machine code of the old version in use."""
+        if PackageCacheLocator._package_stamp is None:
+            stamps = [os.stat(os.path.join(folder, name)) for folder, _, names in os.walk(PACKAGE_DIR)
+                      for name in names if name.endswith(".py")]
+            PackageCacheLocator._package_stamp = (max(st.st_mtime for st in stamps), sum(st.st_size for st in stamps))
+        return PackageCacheLocator._package_stamp
 
     @classmethod
     def from_function(cls, py_func, py_file):

@@ -67,3 +67,19 @@ def test_numba_cache_dir_is_honoured(tmp_path):
     chosen = tmp_path / "chosen"
     ours, theirs = probe(tmp_path, NUMBA_CACHE_DIR=str(chosen))
     assert inside(ours, chosen) and inside(theirs, chosen)
+
+
+def test_a_kernels_stamp_moves_when_any_module_of_the_package_changes(tmp_path, monkeypatch):
+    """Kernels inline functions of other modules: editing one of those must
+    invalidate the cached machine code of every kernel."""
+    from nbce import _cache
+
+    (tmp_path / "kernels.py").write_text("def kernel(): pass\n")
+    (tmp_path / "_rows.py").write_text("def helper(): pass\n")
+    monkeypatch.setattr(_cache, "PACKAGE_DIR", str(tmp_path))
+    monkeypatch.setattr(_cache.PackageCacheLocator, "_package_stamp", None)
+    locator = _cache.PackageCacheLocator(lambda: None, str(tmp_path / "kernels.py"), str(tmp_path / "cache"))
+    before = locator.get_source_stamp()
+    os.utime(tmp_path / "_rows.py", (before[0] + 10, before[0] + 10))
+    monkeypatch.setattr(_cache.PackageCacheLocator, "_package_stamp", None)  # a new process
+    assert locator.get_source_stamp() != before

@@ -127,3 +127,19 @@ def test_contiguous_output_rows_get_the_contiguous_specialization():
     fresh(rows.base, rows.geom, rows.length, True, out_rows.base, out_rows.geom)
     layouts = {signature[-1].layout for signature in _normalize.write_normalized.signatures}
     assert "C" in layouts
+
+
+def test_logarithms_of_a_group_of_rows_are_vectorized():
+    """One vector loop of vlog, log1p and exp over the rows of a group: a loop
+    reading and writing rows of one array, or a call left in it, stays scalar."""
+    asm = _asm(_rows.log_stats_table, np.ones((_rows.N_SUMS, 64)), np.ones((_rows.N_LOGS, 64)), 64,
+               options=ELEMENTWISE_JIT_OPTIONS)
+    assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 20
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_short_rows_are_summed_across_rows_in_vectors(dtype):
+    columns = np.zeros((100, 64), dtype)
+    asm = _asm(_rows._column_sums_split, columns, 64, np.zeros(64, dtype), True, options=JIT_OPTIONS)
+    assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 6
+    assert PACKED_INT_MAX.search(_asm(_rows._column_extrema, columns, 64, options=JIT_OPTIONS))

@@ -1,5 +1,7 @@
-"""The CPU kernels: ``prange`` over rows, one serial streaming pass per row
-(the element-wise binary losses: over fixed chunks of elements, see ``_binary``).
+"""The CPU kernels: ``prange`` over fixed groups of consecutive rows (see
+``rows_per_group``), one serial streaming pass per long row, short rows read
+as the columns of one array per group (the element-wise binary losses: over
+fixed chunks of elements, see ``_binary``).
 
 Every strided operand arrives as ``(base, geom)``: ``base`` is a 1-D,
 contiguous view spanning the operand's memory and ``geom`` an int64 array
@@ -12,19 +14,34 @@ a non-unit class stride costs a per-row gather into a small buffer.
 import numpy as np
 from numba import njit, prange
 
-from .._config import ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from .._config import BLOCK, ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._binary import BLOCK as BINARY_BLOCK, CHUNK as BINARY_CHUNK, block_loss, fill
-from ._bits import widen
+from ._bits import cast_like, empty_of, widen
 from ._normalize import write_normalized
 from ._rows import (
+    ABOVE,
+    CONFIDENCE,
+    ENTROPY,
+    LOG_SHIFT,
+    LOG_TOTAL,
     LOGITS,
+    MOMENT,
+    N_LOGS,
+    N_SUMS,
+    ONES,
+    REST,
+    SHIFT,
+    TOP,
     log_normalizer,
+    column_sums,
     log_prob,
     log_softmax_entry,
-    row_stats,
+    log_stats_table,
+    logsumexp_of,
+    row_sums,
+    short_row_sums,
     soft_target_sum,
-    softmax_stats,
     weighted_log_prob_sum,
 )
 
@@ -43,10 +60,9 @@ def row_offset(geom, r):
 
 
 @njit(**JIT_OPTIONS)
-def load_row(base, geom, n, r):
-    """Row ``r`` as a contiguous array: a view for unit class stride, else a gathered copy."""
-    start = row_offset(geom, r)
-    step = geom[0]
+def load_row_at(base, start, step, n):
+    """The row of ``n`` elements at ``base[start + j*step]`` as a contiguous
+    array: a view for unit class stride, else a gathered copy."""
     if step == 1:
         return base[start:start + n]
     row = np.empty(n, base.dtype)
@@ -55,13 +71,174 @@ def load_row(base, geom, n, r):
     return row
 
 
+@njit(**JIT_OPTIONS)
+def load_row(base, geom, n, r):
+    """Row ``r`` as a contiguous array (see ``load_row_at``)."""
+    return load_row_at(base, row_offset(geom, r), geom[0], n)
+
+
+# A task of the row kernels is a group of consecutive rows, so that short rows
+# share the per-task costs and the logarithms of their statistics run as one
+# vector loop (``_rows.log_stats_table``).  Rows of at most SHORT_ROW entries
+# are read as the columns of one array per group (``gather_columns``,
+# ``_rows.column_sums``): groups of a multiple of LANES rows (whole vectors of
+# rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
+# rows are read one by one (``_rows.short_row_sums`` up to a block,
+# ``_rows.row_sums`` beyond), about GROUP_ELEMENTS entries and at most
+# GROUP_ROWS rows a group.  SHORT_ROW is where the two
+# cost the same (README, "Performance").  The grouping depends on the row
+# length only, never on the thread count, and a row's arithmetic does not
+# depend on its place in the group (``lanes``), so results are reproducible.
+GROUP_ELEMENTS = 4096
+GROUP_ROWS = 64
+SHORT_ROW = 48
+# Columns of the per-group arrays: a multiple of every vector loop's step
+# (vector width times interleave: 64 float32 values for AVX-512, with room
+# for a larger interleave); see ``lanes``.
+LANES = 128
+
+
+@njit(**JIT_OPTIONS)
+def rows_per_group(n_classes):
+    if n_classes <= SHORT_ROW:
+        return max(LANES, GROUP_ELEMENTS // n_classes // LANES * LANES)
+    return max(1, min(GROUP_ROWS, GROUP_ELEMENTS // n_classes))
+
+
+@njit(**JIT_OPTIONS)
+def n_groups(n_rows, size):
+    return (n_rows + size - 1) // size
+
+
+@njit(**JIT_OPTIONS)
+def group_scratch(g, size, n_rows):
+    """(first row, picks, starts, sums, logs) of group ``g``; see ``group_stats``.
+    The tables are ``lanes(count)`` columns wide, or one for groups of one
+    row (long rows: every row is then in the same place)."""
+    first = np.int64(g) * size
+    count = min(size, n_rows - first)
+    index = np.empty((2, count), np.int64)
+    width = lanes(count) if size > 1 else count
+    return first, index[0], index[1], np.empty((N_SUMS, width), np.float64), np.empty((N_LOGS, width), np.float64)
+
+
+@njit(**JIT_OPTIONS)
+def lanes(count):
+    """``count`` rounded up to a multiple of LANES.
+
+    The loops across the rows of a group run over this many columns, the
+    columns past the group's rows holding neutral values: LLVM's vector loop
+    then takes every row and leaves no scalar remainder, whose instructions
+    (fused or not, masked or not) could round differently.  A row's result
+    must not depend on its place in the group, or splitting a batch into
+    chunks would change it.
+    """
+    return (count + LANES - 1) // LANES * LANES
+
+
+@njit(**JIT_OPTIONS)
+def gather_columns(base, starts, step, n_classes, picks):
+    """(columns, pivots): the rows at ``starts`` as the columns of an
+    (n_classes, lanes(rows)) array of the compute type, columns[j, i] =
+    entry j of row i, and pivots[i] = entry picks[i] of row i.  Rows with
+    picks[i] < 0 are not read, and they and the columns past the rows hold
+    zeros."""
+    count = picks.size
+    width = lanes(count)
+    zero = cast_like(0.0, widen(base[0]))
+    columns = empty_of((n_classes, width), zero)
+    flat = columns.reshape(-1)
+    # Row by row: a loop across rows would read with vector gathers, slower
+    # than these strided stores.
+    for i in range(width):
+        start = starts[i] if i < count else 0
+        if i >= count or picks[i] < 0:
+            for j in range(n_classes):
+                flat[j * width + i] = zero
+        elif step == 1:
+            row = base[start:start + n_classes]
+            for j in range(n_classes):
+                flat[j * width + i] = widen(row[j])
+        else:
+            for j in range(n_classes):
+                flat[j * width + i] = widen(base[start + j * step])
+    pivots = empty_of(width, zero)
+    for i in range(width):
+        pivots[i] = columns[picks[i], i] if i < count and picks[i] >= 0 else zero
+    return columns, pivots
+
+
+@njit(**JIT_OPTIONS)
+def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, starts, sums, logs):
+    """The statistics of rows first, first + 1, ... (one per entry of ``picks``)
+    into the columns of ``sums`` and ``logs`` (see ``_rows.log_stats_table``)
+    and their offsets into ``starts``.  Row i is read when picks[i] >= 0, and ``above``
+    then counts its entries greater than entry picks[i] (``count_above``);
+    a row not read, and the columns past the rows, get c = log s = 0.  Rows
+    of at most ``SHORT_ROW`` entries are read as columns of one array
+    (``_rows.column_sums``), longer ones one at a time (``_rows.short_row_sums``
+    up to ``BLOCK`` entries, ``_rows.row_sums`` beyond).
+    """
+    step = geom[0]
+    count = picks.size
+    width = sums.shape[1]
+    read = 0
+    for i in range(count):
+        starts[i] = row_offset(geom, first + i)
+        read += 1 if picks[i] >= 0 else 0
+    short = n_classes <= SHORT_ROW
+    if short and read > 0:
+        columns, pivots = gather_columns(base, starts, step, n_classes, picks)
+        column_sums(columns, width, pivots, with_entropy, count_above, sums)
+    for i in range(width):
+        if i >= count or picks[i] < 0:
+            shift, ones, rest, moment, top, above = 0.0, 1.0, 0.0, 0.0, 0.0, 0
+        elif short:
+            continue
+        elif n_classes <= BLOCK:
+            row = load_row_at(base, starts[i], step, n_classes)
+            shift, ones, rest, moment, top, above = short_row_sums(row, with_entropy, count_above, widen(row[picks[i]]))
+        else:
+            row = load_row_at(base, starts[i], step, n_classes)
+            shift, ones, rest, moment, top, above = row_sums(row, with_entropy, count_above, widen(row[picks[i]]))
+        sums[SHIFT, i], sums[ONES, i], sums[REST, i] = shift, ones, rest
+        sums[MOMENT, i], sums[TOP, i], sums[ABOVE, i] = moment, top, above
+    log_stats_table(sums, logs, width)
+
+
+@njit(**JIT_OPTIONS)
+def _is_class(t, n_classes):
+    """0 <= t < n_classes: the kernels' own guard before any ``row[t]`` or
+    ``weight[t]``, whatever the host checks let through (a row costs one
+    compare; Numba would otherwise wrap a negative index or read past the end)."""
+    return 0 <= t < n_classes
+
+
+@njit(**JIT_OPTIONS)
+def target_group(base, geom, n_classes, g, size, n_rows, target, ignore_index, readable, read, with_entropy,
+                 count_above):
+    """``group_stats`` of group ``g`` of rows with class-index targets, reading
+    (when ``read``) the rows whose target is neither ``ignore_index`` nor
+    outside [0, readable); returns (first row, starts, sums, logs)."""
+    first, picks, starts, sums, logs = group_scratch(g, size, n_rows)
+    for i in range(picks.size):
+        t = target[first + i]
+        picks[i] = t if read and t != ignore_index and _is_class(t, readable) else -1
+    group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, starts, sums, logs)
+    return first, starts, sums, logs
+
+
 @njit(**PARALLEL_JIT_OPTIONS)
 def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out):
     """Per row: logsumexp, and the softmax entropy when ``with_entropy``."""
-    for r in prange(lse_out.size):
-        lse, entropy = softmax_stats(load_row(base, geom, n_classes, r), with_entropy)
-        lse_out[r] = lse
-        entropy_out[r] = entropy
+    size = rows_per_group(n_classes)
+    for g in prange(n_groups(lse_out.size, size)):
+        first, picks, starts, sums, logs = group_scratch(g, size, lse_out.size)
+        picks[:] = 0
+        group_stats(base, geom, n_classes, first, picks, with_entropy, False, starts, sums, logs)
+        for i in range(picks.size):
+            lse_out[first + i] = logsumexp_of(logs[LOG_SHIFT, i], logs[LOG_TOTAL, i])
+            entropy_out[first + i] = logs[ENTROPY, i]
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
@@ -93,22 +270,6 @@ def _row_count(geom):
     return n
 
 
-@njit(**JIT_OPTIONS)
-def _is_class(t, n_classes):
-    """0 <= t < n_classes: the kernels' own guard before any ``row[t]`` or
-    ``weight[t]``, whatever the host checks let through (a row costs one
-    compare; Numba would otherwise wrap a negative index or read past the end)."""
-    return 0 <= t < n_classes
-
-
-@njit(**JIT_OPTIONS)
-def _row_normalizer(row, input_type):
-    """(c, log s) for logits; (0, 0) for log-probabilities and probabilities."""
-    if input_type == LOGITS:
-        return log_normalizer(row)
-    return 0.0, 0.0
-
-
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smoothing, input_type,
                      loss_out, weight_out):
@@ -124,35 +285,47 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
     keep = 1.0 - smoothing
     spread = smoothing / n_classes
     readable = n_classes if weight.size >= n_classes else 0
-    for r in prange(loss_out.size):
-        t = target[r]
-        if t == ignore_index:
-            loss_out[r] = 0.0
-            weight_out[r] = 0.0
-            continue
-        if not _is_class(t, readable):
-            loss_out[r] = np.nan
-            weight_out[r] = np.nan
-            continue
-        row = load_row(base, geom, n_classes, r)
-        shift, log_total = _row_normalizer(row, input_type)
-        w = weight[t]
-        loss = -keep * w * log_prob(widen(row[t]), shift, log_total, input_type)
-        if smoothing > 0.0:
-            loss -= spread * weighted_log_prob_sum(row, weight, shift, log_total, input_type)
-        loss_out[r] = loss
-        weight_out[r] = w
+    step = geom[0]
+    size = rows_per_group(n_classes)
+    for g in prange(n_groups(loss_out.size, size)):
+        first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
+                                                 readable, input_type == LOGITS, False, False)
+        for i in range(starts.size):
+            r = first + i
+            t = target[r]
+            if t == ignore_index:
+                loss_out[r] = 0.0
+                weight_out[r] = 0.0
+                continue
+            if not _is_class(t, readable):
+                loss_out[r] = np.nan
+                weight_out[r] = np.nan
+                continue
+            shift, log_total = logs[LOG_SHIFT, i], logs[LOG_TOTAL, i]
+            w = weight[t]
+            loss = -keep * w * log_prob(widen(base[starts[i] + t * step]), shift, log_total, input_type)
+            if smoothing > 0.0:
+                row = load_row_at(base, starts[i], step, n_classes)
+                loss -= spread * weighted_log_prob_sum(row, weight, shift, log_total, input_type)
+            loss_out[r] = loss
+            weight_out[r] = w
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, input_type, loss_out):
     """Cross-entropy with class probabilities: loss_r = -sum_c w[c] y'_rc log p_rc."""
     t_step = t_geom[0]
-    for r in prange(loss_out.size):
-        row = load_row(base, geom, n_classes, r)
-        shift, log_total = _row_normalizer(row, input_type)
-        loss_out[r] = -soft_target_sum(row, t_base, row_offset(t_geom, r), t_step, weight, smoothing,
-                                       shift, log_total, input_type)
+    step = geom[0]
+    size = rows_per_group(n_classes)
+    for g in prange(n_groups(loss_out.size, size)):
+        first, picks, starts, sums, logs = group_scratch(g, size, loss_out.size)
+        picks[:] = 0 if input_type == LOGITS else -1
+        group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
+        for i in range(picks.size):
+            r = first + i
+            row = load_row_at(base, starts[i], step, n_classes)
+            loss_out[r] = -soft_target_sum(row, t_base, row_offset(t_geom, r), t_step, weight, smoothing,
+                                           logs[LOG_SHIFT, i], logs[LOG_TOTAL, i], input_type)
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
@@ -165,30 +338,34 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
     entropy    = -sum_c p_c log p_c
     confidence = max_c p_c = exp((max_c x_c - c) - log s)
 
-    with c the row maximum and s = sum_c exp(x_c - c) (see ``row_stats``).
+    with c the row maximum and s = sum_c exp(x_c - c) (see ``_rows.row_sums``).
     Ignored rows are not read and get rank ``IGNORED_ROW``; rows holding a
     NaN, and targets outside [0, C) that reached the kernel (not read), get
     rank ``UNDEFINED_ROW`` and NaN statistics.
     """
-    for r in prange(loss_out.size):
-        t = target[r]
-        if t == ignore_index:
-            rank_out[r] = IGNORED_ROW
-            loss_out[r] = 0.0
-            entropy_out[r] = 0.0
-            confidence_out[r] = 0.0
-            continue
-        if not _is_class(t, n_classes):
-            rank_out[r] = UNDEFINED_ROW
-            loss_out[r] = entropy_out[r] = confidence_out[r] = np.nan
-            continue
-        row = load_row(base, geom, n_classes, r)
-        pivot = widen(row[t])
-        shift, log_total, entropy, top, above = row_stats(row, True, True, pivot)
-        loss_out[r] = -log_softmax_entry(pivot, shift, log_total)
-        rank_out[r] = above if shift == shift else UNDEFINED_ROW
-        entropy_out[r] = entropy
-        confidence_out[r] = np.exp(log_softmax_entry(top, shift, log_total))
+    step = geom[0]
+    size = rows_per_group(n_classes)
+    for g in prange(n_groups(loss_out.size, size)):
+        first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
+                                                 n_classes, True, True, True)
+        for i in range(starts.size):
+            r = first + i
+            t = target[r]
+            if t == ignore_index:
+                rank_out[r] = IGNORED_ROW
+                loss_out[r] = 0.0
+                entropy_out[r] = 0.0
+                confidence_out[r] = 0.0
+                continue
+            if not _is_class(t, n_classes):
+                rank_out[r] = UNDEFINED_ROW
+                loss_out[r] = entropy_out[r] = confidence_out[r] = np.nan
+                continue
+            shift = logs[LOG_SHIFT, i]
+            loss_out[r] = -log_softmax_entry(widen(base[starts[i] + t * step]), shift, logs[LOG_TOTAL, i])
+            rank_out[r] = np.int64(sums[ABOVE, i]) if shift == shift else UNDEFINED_ROW
+            entropy_out[r] = logs[ENTROPY, i]
+            confidence_out[r] = logs[CONFIDENCE, i]
 
 
 @njit(**JIT_OPTIONS)
