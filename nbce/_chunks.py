@@ -32,6 +32,8 @@ from ._dispatch import is_cuda_array
 # Logits per chunk when the caller does not choose: large enough to amortize
 # a parallel launch, small enough to bound the memory of a mapped file.
 CHUNK_BYTES = 64 * 2**20
+# Rows per chunk of logits already on a GPU (see ``default_chunk_rows``).
+CUDA_CHUNK_ROWS = 2**22
 
 _PAGE = mmap.PAGESIZE
 _MADV_WILLNEED, _MADV_DONTNEED = 3, 4
@@ -168,14 +170,18 @@ def chunk_axis(axis):
 
 def default_chunk_rows(logits, axis):
     """Indices along the chunked axis per chunk: about ``CHUNK_BYTES`` of host
-    logits.  Logits already in GPU memory are one chunk: chunking them bounds
-    no memory, and each chunk costs a launch, a wait and copies of its
-    per-row metrics (on an H100, evaluate on 4096x32000 bfloat16 CUDA logits
-    took 4.4 ms for 0.29 ms of kernels, in 4 chunks)."""
+    logits.  Logits already in GPU memory are one chunk of up to
+    ``CUDA_CHUNK_ROWS`` rows: chunking them bounds no memory of the logits,
+    and each chunk costs a launch, a wait and copies of its per-row metrics
+    (on an H100, evaluate on 4096x32000 bfloat16 CUDA logits took 4.4 ms for
+    0.29 ms of kernels, in 4 chunks); what the cap bounds is the per-row
+    scratch, about 40 bytes a row on the device and as much on the host."""
     if logits.ndim < 2:  # one row of classes: one chunk
         return 1
     if is_cuda_array(logits):
-        return max(1, logits.shape[chunk_axis(axis)])
+        along = chunk_axis(axis)
+        rows_per_index = logits.size // max(1, logits.shape[along] * logits.shape[axis])
+        return max(1, min(logits.shape[along], CUDA_CHUNK_ROWS // max(1, rows_per_index)))
     along = chunk_axis(axis)
     per_index = logits.nbytes // max(1, logits.shape[along])
     return max(1, CHUNK_BYTES // max(1, per_index))

@@ -134,3 +134,33 @@ def test_auto_scores_host_arrays_on_the_cpu_even_with_a_gpu(monkeypatch, rng):
     x = make_logits(rng, (12, 5), "float32")
     t = targets_for(rng, (12, 5), -1)
     assert nbce.evaluate(x, t, device="auto") == nbce.evaluate(x, t, device="cpu")
+
+
+def test_device_logits_of_many_short_rows_are_chunked_by_rows(monkeypatch, rng):
+    """The per-row scratch of a CUDA evaluate is bounded: chunks of at most CUDA_CHUNK_ROWS rows."""
+    import nbce._chunks
+
+    monkeypatch.setattr(nbce._chunks, "CUDA_CHUNK_ROWS", 16)
+    x = make_logits(rng, (40, 3, 2), "float32")  # 40 x 3 rows of 2 classes: 5 indices (15 rows) a chunk
+    t = targets_for(rng, (40, 3, 2), -1, ignored_every=4)
+    calls = []
+    real = cuda_backend.row_metrics
+    monkeypatch.setattr(cuda_backend, "row_metrics", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    assert_matches(nbce.evaluate(cuda.to_device(x), cuda.to_device(t), top_k=(1, 2)),
+                   ref.evaluation(x, t, top_k=(1, 2)), "float32")
+    assert len(calls) == 8
+
+
+def test_threads_sharing_a_stream_have_workspaces_of_their_own():
+    """Host targets are uploaded into the workspace between a call's launches:
+    two threads on one stream must not share it."""
+    import threading
+
+    from nbce.cuda._workspace import workspace
+
+    found = []
+    thread = threading.Thread(target=lambda: found.append(workspace(0)))
+    thread.start()
+    thread.join()
+    assert found[0] is not workspace(0)
+    assert workspace(0) is workspace(0)

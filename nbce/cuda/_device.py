@@ -256,6 +256,7 @@ if not SIMULATOR:
 
 _INT64 = (-(2**63), 2**63 - 1)
 _NOT_YET = object()
+_KEPT = 1024  # launch configurations and streams kept per kernel
 
 
 def _array_layout(array):
@@ -316,19 +317,26 @@ class DirectKernel:
             configure(self._dispatcher, blocks, threads, stream)(*args)
             types = tuple(self._dispatcher.typeof_pyval(value) for value in args)
             compiled = self._dispatcher.overloads.get(types)
-            self._compiled[signature] = None if compiled is None else compiled._codelibrary.get_cufunc().kernel
+            # Debug builds check an error code after the launch, cooperative ones
+            # launch otherwise, extensions convert arguments: numba-cuda's path.
+            plain = (compiled is not None and not getattr(compiled, "debug", False)
+                     and not getattr(compiled, "cooperative", False) and not self._dispatcher.extensions)
+            self._compiled[signature] = compiled._codelibrary.get_cufunc().kernel if plain else None
             return None
         if kernel is None:  # compiled for other types than the arguments': numba-cuda converts them
             return configure(self._dispatcher, blocks, threads, stream)(*args)
         config = self._configs.get((blocks, threads))
         if config is None:
             cooperative = {"is_cooperative" if _CORE_1 else "cooperative_launch": False}
-            config = self._configs[blocks, threads] = _LaunchConfig(grid=blocks, block=threads, shmem_size=0,
-                                                                   **cooperative)
+            config = _LaunchConfig(grid=blocks, block=threads, shmem_size=0, **cooperative)
+            if len(self._configs) < _KEPT:
+                self._configs[blocks, threads] = config
         key = stream_key(stream)
         core_stream = self._streams.get(key)
         if core_stream is None:
-            core_stream = self._streams[key] = _to_core_stream(stream)
+            core_stream = _to_core_stream(stream)
+            if len(self._streams) < _KEPT:
+                self._streams[key] = core_stream
         _core_launch(core_stream, config, kernel, *words)
         return None
 

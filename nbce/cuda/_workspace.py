@@ -1,4 +1,4 @@
-"""Device scratch memory kept between calls, one workspace per (GPU, stream).
+"""Device scratch memory kept between calls, one workspace per (thread, GPU, stream).
 
 A call asks for what it needs (chunk states and per-row counters of split
 rows, per-row values of a batch reduction, the last-block counter, the
@@ -71,27 +71,44 @@ class Workspace:
         return view
 
     def read_bad(self, stream):
-        """The bad-target flag's value: one 8-byte copy into page-locked memory, waited for."""
-        self.bad.copy_to_host(self._bad_host, stream=stream)
-        if stream:
-            stream.synchronize()
+        """The bad-target flag's value: one 8-byte copy into page-locked memory, waited for.
+
+        The copy runs on ``stream``, else on the workspace's own stream (which
+        numba-cuda would pick for stream 0 and copy asynchronously when it is a
+        stream object), and that stream is waited for."""
+        on = stream or self._stream
+        self.bad.copy_to_host(self._bad_host, stream=on)
+        if on:
+            on.synchronize()
         return int(self._bad_host[0])
 
     def rearm_bad(self):
         self.bad.copy_to_device(np.array([NO_BAD_ROW], dtype=np.int64), stream=self._stream)
 
 
-_workspaces = {}
-_lock = threading.Lock()
+# Per thread: a call uploads host targets into its workspace and reads the
+# bad-target flag back through it between its own launches, so two threads
+# launching on one stream must not share one (kernels on one stream still run
+# in order, whichever thread launched them).
+_local = threading.local()
 
 
 def workspace(stream):
-    """The workspace of the current GPU and ``stream``."""
+    """The current thread's workspace of the current GPU and ``stream``."""
+    found_all = getattr(_local, "workspaces", None)
+    if found_all is None:
+        found_all = _local.workspaces = {}
     key = (dev.current_device_id(), dev.stream_key(stream))
-    found = _workspaces.get(key)
+    found = found_all.get(key)
     if found is None:
-        with _lock:
-            found = _workspaces.get(key)
-            if found is None:
-                found = _workspaces[key] = Workspace(stream)
+        found = found_all[key] = Workspace(stream)
     return found
+
+
+def release(stream):
+    """Drop the current thread's workspaces of ``stream``, a stream about to be
+    dropped itself (its kernels must have finished)."""
+    key = dev.stream_key(stream)
+    found_all = getattr(_local, "workspaces", {})
+    for k in [k for k in found_all if k[1] == key]:
+        del found_all[k]

@@ -18,6 +18,7 @@ from .._arrays import as_float_array, normalize_axis
 from ..cpu._copy import copy_into
 from . import DeviceFloats, as_rows, row_metrics
 from . import _device as dev
+from ._workspace import release
 
 
 @dataclass
@@ -125,5 +126,6 @@ def stream_host_chunks(evaluator, chunks, progress):
     finally:
         for slot in slots:  # after an error, leave no copy running into buffers about to be freed
             slot.stream.synchronize()
+            release(slot.stream)  # the slot's stream is dropped: so is its workspace
     timings.wall_s = time.perf_counter() - start
     return timings
