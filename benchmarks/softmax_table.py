@@ -16,7 +16,7 @@ import numpy as np
 
 import nbce
 
-from ._cases import _optional, make_inputs, median_seconds
+from ._cases import make_inputs, median_seconds, optional
 
 CASES = [((1024, 32000), "float32"), ((1024, 32000), "bfloat16")]
 
@@ -62,7 +62,7 @@ def _ms(seconds):
 
 def main():
     try:
-        torch = _optional("torch")
+        torch = optional("torch")
         torch.set_num_threads(numba.get_num_threads())
     except NotImplementedError:
         torch = None
