@@ -20,6 +20,9 @@ class CrossEntropy:
     def setup(self, shape, dtype, library):
         if library == "numpy" and dtype != "float32":
             raise NotImplementedError("NumPy has no bfloat16 maths; float16 would measure conversions")
+        if library == "torch" and dtype != "float32" and _shape(shape)[0] > 8192:
+            # torch 2.13 on the CPU gives NaN (float16) or a mean 1 % off (bfloat16) at 65536 rows
+            raise NotImplementedError("torch's half-precision mean over this many rows is not an answer to time")
         x, t = make_inputs(_shape(shape), dtype)
         self.run = IMPLEMENTATIONS[library](x, t)
         got = float(self.run())  # warm the JIT and check the answer once
