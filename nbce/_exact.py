@@ -164,6 +164,49 @@ def merge_into(bins, pending, special, other_bins, other_pending, other_special)
         special[i] += other_special[i]
 
 
+# Sums kept elsewhere (the GPU backend's, see ``nbce.cuda.tally``) as digits
+# in base 2**DIGIT_BITS on the bins' scale: digit g (any int64) weighs
+# 2**(DIGIT_BITS * g - _SHIFT).  N_DIGITS of them reach 2**(32 * 137 - _SHIFT),
+# beyond every product of two float64 (their 53 x 53-bit integer product
+# lies below bit 2 * 1024 + _SHIFT + 1 = 4353 of this scale).
+DIGIT_BITS = 32
+N_DIGITS = 137
+SCALE = _SHIFT  # the bins' unit is 2**-SCALE
+# The bits of ``special`` as kept with digit sums: which non-finite values were added.
+ADDED_POS_INF, ADDED_NEG_INF, ADDED_NAN = 1, 2, 4
+
+
+@njit(**_JIT)
+def add_digits(bins, pending, special, digits, added):
+    """Add, for each accumulator i, the sum sum_g digits[i, g] * 2**(DIGIT_BITS * g)
+    (on the bins' scale) and the non-finite values flagged in ``added[i]``, exactly.
+
+    The digits are first carried into [0, 2**DIGIT_BITS) (the last keeps the
+    sign), so each bin DIGIT_BITS * g gains less than 2**DIGIT_BITS: one
+    more addition for the carry count.
+    """
+    for i in range(digits.shape[0]):
+        carry = 0
+        for g in range(N_DIGITS):
+            d = digits[i, g] + carry
+            if g < N_DIGITS - 1:
+                carry = d >> DIGIT_BITS  # floor division: negative digits borrow
+                d -= carry << DIGIT_BITS
+            if d != 0:
+                bins[i, DIGIT_BITS * g] += d
+        pending[i] += 1
+        if pending[i] >= _CARRY_EVERY:
+            _carry(bins, i)
+            pending[i] = 0
+        flags = added[i]
+        if flags & ADDED_NAN or (flags & ADDED_POS_INF and flags & ADDED_NEG_INF):
+            special[i] += math.nan
+        elif flags & ADDED_POS_INF:
+            special[i] += math.inf
+        elif flags & ADDED_NEG_INF:
+            special[i] -= math.inf
+
+
 def total(bins, pending, special, i):
     """Accumulator ``i`` exactly, as ``(n, s)``: the sum is n * 2**-_SHIFT + s, where
     the Python integer n holds every finite addition and the float s is 0.0

@@ -201,6 +201,8 @@ def _score(args):
     result, seconds = _run_evaluation(logits, targets, args, progress=not args.no_progress and sys.stderr.isatty())
     throughput = {"seconds": seconds, "rows_per_second": result.count / seconds if seconds else None,
                   "gb_per_second": logits.nbytes / seconds / 1e9 if seconds else None}
+    if result.pipeline is not None:  # host files streamed through the GPU: its stages
+        throughput["gpu_pipeline"] = result.pipeline
     if args.json:
         print(json.dumps({**result.to_dict(), "throughput": throughput, "inputs": _inputs(logits, targets, args)},
                          indent=2, allow_nan=False))
@@ -265,9 +267,20 @@ def _table(result, title, seconds, nbytes, bins):
         (f"ECE ({bins} bins)", f"{result.ece:.6f}"),
         ("time", f"{seconds:.3f} s  ({result.count / max(seconds, 1e-9):,.0f} rows/s, "
                  f"{nbytes / max(seconds, 1e-9) / 1e9:.2f} GB/s)"),
+        *([("GPU pipeline", _pipeline_line(result.pipeline))] if result.pipeline is not None else []),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+
+
+def _pipeline_line(stages):
+    """The GPU pipeline's stages in words: host reads, copies, kernels, overlap."""
+    def rate(value):
+        return "not timed" if value is None else f"{value:.1f} GB/s"
+
+    overlap = "not timed" if stages["overlap"] is None else f"{stages['overlap']:.2f}"
+    return (f"host reads {stages['read_s']:.3f} s, copies {rate(stages['copy_gb_per_second'])}, "
+            f"kernels {rate(stages['compute_gb_per_second'])}, overlap {overlap}")
 
 
 def _demo(args):

@@ -28,7 +28,7 @@ from . import _checks
 from ._arrays import host_array, normalize_axis, reinterpret
 from ._chunks import Chunk, default_chunk_rows, release_written, row_chunks
 from ._dispatch import is_cuda_array
-from ._exact import accumulators, export, merge_into, ratio, restore, standard_error, total
+from ._exact import accumulators, add_digits, export, merge_into, ratio, restore, standard_error, total
 from ._progress import Progress
 from ._tally import (
     BIN_CONFIDENCE,
@@ -82,7 +82,11 @@ class EvalResult:
       per entry of the targets' first axis (a sequence), fields ``loss``
       (:math:`\\sum w \\ell / \\sum w` over its scored tokens, float64 sums),
       ``perplexity`` (:math:`e^{\\text{loss}}`) and ``tokens`` (scored tokens);
-      else ``None``.
+      else ``None``;
+    * ``pipeline``: when host arrays were streamed through the GPU
+      (``device="cuda"``), the pipeline's stages (``nbce.cuda.pipeline.PipelineTimings.to_dict``:
+      host read seconds, copy and kernel milliseconds and GB/s, wall time,
+      overlap); else ``None``.
 
     With no row scored (or :math:`W = 0`) the means are NaN, as PyTorch's
     mean over no element.  A row holding a NaN makes every figure NaN.
@@ -99,6 +103,7 @@ class EvalResult:
     loss_stderr: float = math.nan
     accuracy_stderr: dict = field(default_factory=dict, hash=False)
     per_sequence: np.ndarray = field(default=None, hash=False, compare=False, repr=False)
+    pipeline: dict = field(default=None, hash=False, compare=False, repr=False)
 
     def to_dict(self):
         """A JSON-ready dict: NaN and infinities become ``None`` (JSON has neither)."""
@@ -238,16 +243,36 @@ class Evaluator:
             logits, target, weight = next_token_views(_as_array(logits), _as_array(target),
                                                       None if weight is None else _as_array(weight), self.axis)
             origin = (0, 1)
-        self._update(logits, target, weight, stream, origin)
+        backend = self._update(logits, target, weight, stream, origin)
+        if backend.SUMS_ON_DEVICE:
+            backend.settle_sums(self)
         return self
 
     def _update(self, logits, target, weight, stream, origin=()):
-        """``update``; ``origin`` locates the chunk in a larger array for error messages."""
+        """``update`` without collecting sums kept on the device (``_settle``);
+        ``origin`` locates the chunk in a larger array for error messages.
+        Returns the backend that scored the chunk."""
         backend, _, _, rows, stream = _scores(logits, self.axis, stream)
         check_targets(backend, target, rows.batch_shape)
         weights = row_weights(backend, weight, rows.batch_shape, origin)
         per_row = backend.row_metrics(rows, target, self.ignore_index, origin, stream)
-        self._tally(backend.to_host(per_row, stream), weights)
+        self._add(backend, per_row, weights, stream)
+        return backend
+
+    def _add(self, backend, per_row, weights, stream):
+        """Add a chunk's per-row metrics to the sums: where they are when the
+        backend keeps sums on its device and no per-row figure is wanted on the
+        host, else on the host."""
+        if backend.SUMS_ON_DEVICE and self._sink is None:
+            backend.add_sums(per_row, weights, self._layout, self._top_k_array, self._edges, stream, self)
+        else:
+            self._tally(backend.to_host(per_row, stream), weights)
+
+    def _absorb(self, digits, added, counts):
+        """Add sums handed back by a device (``nbce._exact.add_digits``'s form) and their row counts."""
+        with self._lock:
+            add_digits(*self._sums, digits, added)
+            self._counts += counts
 
     def _tally(self, per_row, weights):
         loss, rank, entropy, confidence = per_row
@@ -547,31 +572,42 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
         if recorder is not None:
             chunks = recorder.tagged(chunks)
     origin = (1,) if shift else ()  # token i + 1 is scored at position i: errors name the token
-    first = next(chunks, None)
+    first, timings = next(chunks, None), None
     if first is not None:  # else an empty iterable, or no row
-        _score_chunks(evaluator, itertools.chain([first], chunks), first, recorder, origin, total_rows, progress,
-                      device)
+        timings = _score_chunks(evaluator, itertools.chain([first], chunks), first, recorder, origin, total_rows,
+                                progress, device)
     result = evaluator.compute()
+    if timings is not None:
+        result = dataclasses.replace(result, pipeline=timings.to_dict())
     if recorder is not None and per_sequence:
         result = dataclasses.replace(result, per_sequence=recorder.per_sequence())
     return result
 
 
 def _score_chunks(evaluator, chunks, first, recorder, origin, total_rows, progress, device):
+    """Score ``chunks`` into ``evaluator``; the GPU pipeline's timings when it streamed them, else None."""
     bar = Progress(total_rows, enabled=progress)
     evaluator._sink = recorder
+    devices = set()  # backends keeping sums on their device: collected once, at the end
     try:
         if _streams_to_gpu(device, first.logits):
             from .cuda.pipeline import stream_host_chunks
 
-            stream_host_chunks(evaluator, chunks, bar)
+            return stream_host_chunks(evaluator, chunks, bar)
         else:
             for chunk in chunks:
                 if device == "cpu" and is_cuda_array(chunk.logits):
                     raise ValueError("device='cpu' needs host logits, but these live on a GPU")
-                evaluator._update(chunk.logits, chunk.target, chunk.weight, None, (chunk.first_row, *origin))
+                backend = evaluator._update(chunk.logits, chunk.target, chunk.weight, None,
+                                            (chunk.first_row, *origin))
+                if backend.SUMS_ON_DEVICE:
+                    devices.add(backend)
                 bar.update(chunk.rows, chunk.logits.nbytes)
+            for backend in devices:
+                backend.settle_sums(evaluator)
     finally:
+        for backend in devices:  # after an error: drop what the chunks left on the device
+            backend.settle_sums(evaluator, keep=False)
         bar.close()
         evaluator._sink = None
 

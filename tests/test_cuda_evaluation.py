@@ -164,3 +164,59 @@ def test_threads_sharing_a_stream_have_workspaces_of_their_own():
     thread.join()
     assert found[0] is not workspace(0)
     assert workspace(0) is workspace(0)
+
+
+def test_pipeline_reads_the_next_chunk_before_waiting_for_the_last(monkeypatch, rng):
+    """The overlap logic, with a reader that logs: chunk i + 1 is read on the
+    host before the GPU's work on chunk i is waited for, and a slot's stream
+    is waited for only when the slot comes round again (two chunks later)."""
+    import nbce.cuda.pipeline as pipeline
+
+    log = []
+    real_stream = pipeline.dev.stream
+
+    def logged_stream():
+        stream = real_stream()
+        name = "AB"[sum(entry == "new stream" for entry in log)]
+        log.append("new stream")
+        synchronize = stream.synchronize
+        stream.synchronize = lambda: (log.append(f"wait {name}"), synchronize())[1]
+        return stream
+
+    def slow_reader(chunks):
+        for chunk in chunks:
+            log.append(f"read {chunk.first_row}")
+            yield chunk
+
+    monkeypatch.setattr(pipeline.dev, "stream", logged_stream)
+    x = make_logits(rng, (40, 5), "float32")
+    t = targets_for(rng, (40, 5), -1)
+    evaluator = nbce.Evaluator()
+    stream_host_chunks(evaluator, slow_reader(row_chunks(x, t, None, -1, 10)), Progress(enabled=False))
+    waits = [i for i, entry in enumerate(log) if entry.startswith("wait")]
+    assert log[:waits[2] + 1] == ["new stream", "new stream", "read 0", "read 10", "read 20", "wait A", "read 30",
+                              "wait B", "wait A"]  # chunk 0 waited for after chunk 2 was read, 1 after 3
+    assert_matches(evaluator.compute(), ref.evaluation(x, t), "float32")
+
+
+def test_pipeline_overlap_is_the_share_of_the_possible_overlap_reached():
+    from nbce.cuda.pipeline import PipelineTimings
+
+    def overlap(read_s, copy_s, compute_s, wall_s):
+        return PipelineTimings(read_s=read_s, copy_ms=1e3 * copy_s, compute_ms=1e3 * compute_s, wall_s=wall_s).overlap
+
+    assert overlap(0.2, 0.1, 0.1, 0.4) == pytest.approx(0.0)  # one stage after another
+    assert overlap(0.2, 0.1, 0.1, 0.2) == pytest.approx(1.0)  # all hidden behind the host's reads
+    assert overlap(0.2, 0.1, 0.1, 0.3) == pytest.approx(0.5)
+    assert overlap(0.2, 0.0, 0.0, 0.2) is None  # nothing to overlap
+    assert PipelineTimings(timed=False).overlap is None
+
+
+def test_results_streamed_through_the_gpu_carry_the_pipeline_stages(rng):
+    x = make_logits(rng, (30, 4), "float32")
+    t = targets_for(rng, (30, 4), -1)
+    stages = nbce.evaluate(x, t, device="cuda", chunk_rows=8).pipeline
+    assert stages["bytes"] == x.nbytes and stages["read_s"] >= 0 and stages["wall_s"] > 0
+    assert set(stages) >= {"copy_gb_per_second", "compute_gb_per_second", "overlap"}
+    assert nbce.evaluate(x, t, device="cpu").pipeline is None
+    assert nbce.evaluate(cuda.to_device(x), cuda.to_device(t)).pipeline is None

@@ -65,3 +65,11 @@ def test_bad_targets_raise_a_flag_by_an_atomic(compiled):
 
 def test_no_kernel_spills_to_local_memory(compiled):
     assert not [r for r in compiled if r["local_memory"]]
+
+
+def test_evaluation_sums_are_added_by_64_bit_integer_atomics(compiled):
+    """The device's exact sums: integer atomics into the block's shared window and global memory, no floats summed."""
+    found = [r for r in compiled if r["kernel"] == "tally"]
+    assert {r["cc"] for r in found} == {"8.0", "9.0"}
+    for r in found:
+        assert r["atomic_add_64"] and r["shared_atomic_add_64"] and not r["local_memory"], r

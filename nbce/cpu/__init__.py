@@ -124,6 +124,10 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=None):
     return loss, rank, entropy, confidence
 
 
+# Evaluation sums are added on the host, from the per-row metrics (``nbce._tally``).
+SUMS_ON_DEVICE = False
+
+
 def to_host(arrays, stream=None):
     """Per-row results are already host arrays."""
     return arrays

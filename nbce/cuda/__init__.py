@@ -16,6 +16,7 @@ from .. import _arrays, _checks
 from .._dispatch import is_cuda_array
 from . import _device as dev
 from . import rows as rows_module
+from . import tally
 from ._workspace import NO_BAD_ROW, workspace
 from .kernels import elementwise_kernels, utility_kernels
 
@@ -523,6 +524,20 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=0):
     if on_device:
         _raise_bad_device_target(ws, target, rows, ignore_index, origin, stream)
     return loss, rank, entropy, confidence
+
+
+# Evaluation sums are kept on the device (``tally``): per-row metrics stay there.
+SUMS_ON_DEVICE = True
+
+
+def add_sums(per_row, weights, layout, top_k, edges, stream, owner):
+    """Add one chunk's per-row metrics to ``owner``'s exact sums on the device (see ``tally.add``)."""
+    tally.add(per_row, weights, layout, top_k, edges, stream, owner)
+
+
+def settle_sums(owner, keep=True):
+    """Hand ``owner`` its sums kept on the device (see ``tally.settle``)."""
+    tally.settle(owner, keep)
 
 
 def to_host(arrays, stream=0):

@@ -30,8 +30,9 @@ class Workspace:
         self.unused_rows = dev.device_empty((1, 1), np.float64, stream)
         self.unused_indices = dev.device_empty(1, np.int64, stream)
         self.ones = dev.to_device(np.ones((1, 1)), stream=stream)  # an absent binary weight
-        self._bad_host = dev.pinned_empty(1, np.int64)
         self._views = {}
+        self._read_back = {}  # page-locked host buffers of ``read``, per dtype
+        self.evaluation = None  # whose evaluation sums the "evaluation_sums" buffer holds (nbce.cuda.tally)
 
     def buffer(self, name, shape, dtype=np.float64):
         """A C-contiguous ``shape`` view of the growing buffer ``name``."""
@@ -76,11 +77,21 @@ class Workspace:
         The copy runs on ``stream``, else on the workspace's own stream (which
         numba-cuda would pick for stream 0 and copy asynchronously when it is a
         stream object), and that stream is waited for."""
+        return int(self.read(self.bad, stream)[0])
+
+    def read(self, view, stream):
+        """A host copy of the contiguous device array ``view``: one copy into a
+        page-locked buffer kept for the next read (valid until then), waited for."""
+        dtype = np.dtype(view.dtype)
+        host = self._read_back.get(dtype)
+        if host is None or host.size < view.size:
+            host = self._read_back[dtype] = dev.pinned_empty(max(view.size, 1), dtype)
+        found = host[: view.size].reshape(view.shape)
         on = stream or self._stream
-        self.bad.copy_to_host(self._bad_host, stream=on)
+        view.copy_to_host(found, stream=on)
         if on:
             on.synchronize()
-        return int(self._bad_host[0])
+        return found
 
     def rearm_bad(self):
         self.bad.copy_to_device(np.array([NO_BAD_ROW], dtype=np.int64), stream=self._stream)
@@ -103,6 +114,11 @@ def workspace(stream):
     if found is None:
         found = found_all[key] = Workspace(stream)
     return found
+
+
+def thread_workspaces():
+    """(workspace, stream) of every workspace of the current thread."""
+    return [(ws, ws._stream) for ws in getattr(_local, "workspaces", {}).values()]
 
 
 def release(stream):

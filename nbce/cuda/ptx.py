@@ -9,8 +9,11 @@ toolkit wheels (``pip install 'nbce[cuda]'``).
 import json
 import sys
 
+from numba import types
+
 from . import THREADS
 from . import rows as row_jobs
+from . import tally
 from ._device import compile_ptx
 from .kernels import elementwise_kernels, elementwise_signatures, utility_kernels, utility_signatures
 
@@ -41,7 +44,15 @@ def signatures(dtype):
     jobs += [("normalize", elementwise.normalize, element_sigs.normalize),
              ("binary", elementwise.binary, element_sigs.binary),
              ("gather", utility_kernels(THREADS).gather, utility_signatures(storage).gather)]
+    if dtype == "float64":  # the evaluation sums take per-row float64 figures whatever the logits
+        jobs.append(("tally", tally.tally_kernel(tally.THREADS, 1024), _TALLY_SIGNATURE))
     return jobs
+
+
+_VECTOR = types.Array(types.float64, 1, "C")
+_INDICES = types.Array(types.int64, 1, "C")
+_TALLY_SIGNATURE = (_VECTOR, _INDICES, _VECTOR, _VECTOR, _VECTOR, types.boolean, _INDICES, _VECTOR,
+                    types.int64, types.int64, types.int64, types.int64, _INDICES)
 
 
 def facts(ptx):
@@ -53,6 +64,8 @@ def facts(ptx):
         "fp32_exp": "ex2.approx.f32" in ptx,
         "fp32_add": "add.f32" in ptx or "add.rn.f32" in ptx,
         "atomic_min": "atom.global.min" in ptx,
+        "atomic_add_64": "atom.global.add.u64" in ptx or "red.global.add.u64" in ptx,
+        "shared_atomic_add_64": "atom.shared.add.u64" in ptx or "red.shared.add.u64" in ptx,
         "shared_memory": ".shared" in ptx,
         "fp64_exp_libcall": "__nv_exp" in ptx,
         "wide_load": "ld.global.v2.f64" in ptx or "ld.global.v4." in ptx,
@@ -86,10 +99,13 @@ def _compile(kernel, sig, cc):
 
 
 def _device_functions(kernel, seen=None):
-    """The device functions a kernel calls, directly or through other device functions."""
+    """The device functions a kernel calls, directly or through other device
+    functions, from its closure or its module's globals."""
     seen = {} if seen is None else seen
-    for cell in kernel.py_func.__closure__ or ():
-        function = cell.cell_contents
+    code = kernel.py_func
+    found = [cell.cell_contents for cell in code.__closure__ or ()]
+    found += [code.__globals__.get(name) for name in code.__code__.co_names]
+    for function in found:
         if hasattr(function, "overloads") and id(function) not in seen:
             seen[id(function)] = function
             _device_functions(function, seen)
