@@ -204,7 +204,8 @@ def _score(args):
     if result.pipeline is not None:  # host files streamed through the GPU: its stages
         throughput["gpu_pipeline"] = result.pipeline
     if args.json:
-        print(json.dumps({**result.to_dict(), "throughput": throughput, "inputs": _inputs(logits, targets, args)},
+        print(json.dumps({**result.to_dict(), "throughput": throughput,
+                          "inputs": _inputs(logits, targets, args, result.pipeline is not None)},
                          indent=2, allow_nan=False))
     else:
         print(_table(result, f"{args.logits} {_describe(logits)}", seconds, logits.nbytes,
@@ -235,11 +236,11 @@ def _check_shapes(logits, targets, args):
                     f"of shape {expected} ({what})")
 
 
-def _inputs(logits, targets, args):
-    """What was scored, how, and by which nbce: the JSON output's "inputs"."""
+def _inputs(logits, targets, args, on_gpu):
+    """What was scored, how (``on_gpu``: through the GPU pipeline), and by which nbce: the JSON output's "inputs"."""
     from . import __version__
 
-    device = "cuda" if args.device == "cuda" else "cpu"  # files are host data: "auto" scores them on the CPU
+    device = "cuda" if on_gpu or args.device == "cuda" else "cpu"  # files are host data: "auto" chose
 
     def describe(path, array):
         return {"file": path, "shape": list(array.shape), "dtype": str(array.dtype)}

@@ -24,7 +24,7 @@ from math import prod
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _routing
 from ._arrays import host_array, normalize_axis, reinterpret
 from ._chunks import Chunk, default_chunk_rows, release_written, row_chunks
 from ._dispatch import is_cuda_array
@@ -526,8 +526,10 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
     ``TypeError``.  Needs ``ml_dtypes`` (the ``bf16`` extra).
 
     ``device``: ``"cpu"``, ``"cuda"`` (host chunks are streamed to the GPU) or
-    ``"auto"`` (CUDA arrays on the GPU, host arrays on the CPU, which
-    measured faster than streaming them to a GPU).  ``progress=True`` shows rows/s and GB/s on stderr.  Other
+    ``"auto"`` (CUDA arrays on the GPU; host arrays on the CPU, unless they
+    are 256 MiB or more and streaming them through the GPU was measured
+    faster on this machine: see ``nbce._routing``; ``result.pipeline`` says
+    when they were).  ``progress=True`` shows rows/s and GB/s on stderr.  Other
     keywords go to ``Evaluator`` (``top_k``, ``ignore_index``, ``axis``,
     ``calibration_bins``).
 
@@ -575,7 +577,7 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
     first, timings = next(chunks, None), None
     if first is not None:  # else an empty iterable, or no row
         timings = _score_chunks(evaluator, itertools.chain([first], chunks), first, recorder, origin, total_rows,
-                                progress, device)
+                                None if target is None else logits.nbytes, progress, device)
     result = evaluator.compute()
     if timings is not None:
         result = dataclasses.replace(result, pipeline=timings.to_dict())
@@ -584,13 +586,13 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
     return result
 
 
-def _score_chunks(evaluator, chunks, first, recorder, origin, total_rows, progress, device):
+def _score_chunks(evaluator, chunks, first, recorder, origin, total_rows, total_bytes, progress, device):
     """Score ``chunks`` into ``evaluator``; the GPU pipeline's timings when it streamed them, else None."""
     bar = Progress(total_rows, enabled=progress)
     evaluator._sink = recorder
     devices = set()  # backends keeping sums on their device: collected once, at the end
     try:
-        if _streams_to_gpu(device, first.logits):
+        if _streams_to_gpu(device, first.logits, total_bytes):
             from .cuda.pipeline import stream_host_chunks
 
             return stream_host_chunks(evaluator, chunks, bar)
@@ -612,17 +614,22 @@ def _score_chunks(evaluator, chunks, first, recorder, origin, total_rows, progre
         evaluator._sink = None
 
 
-def _streams_to_gpu(device, logits):
-    """Whether host chunks go through the GPU pipeline: only when asked for
-    (device "cuda").  "auto" scores host arrays on the CPU, the faster path
-    where both were measured: a 16-core H100 machine's CPU backend scored a
-    1 GB float16 array at 14.7 GB/s, the pipeline (its host side reading on
-    one thread) at 4.9 GB/s."""
-    if is_cuda_array(logits) or device in ("cpu", "auto"):
+def _streams_to_gpu(device, logits, total_bytes):
+    """Whether host chunks go through the GPU pipeline: with device "cuda";
+    with "auto", where ``nbce._routing`` measured the pipeline faster than the
+    CPU backend on this machine, for inputs of at least its threshold
+    (``total_bytes``, None for an iterable of chunks: the CPU)."""
+    if is_cuda_array(logits) or device == "cpu":
         return False
+    if device == "auto":
+        return _routing.host_arrays_to_gpu(total_bytes, _score_sample)
     try:
         from . import cuda
     except ImportError:
         raise RuntimeError("device='cuda' needs numba-cuda: pip install 'nbce[cuda]'") from None
     cuda.require_device("device='cuda' was asked for")
     return True
+
+
+def _score_sample(logits, target, device):
+    evaluate(logits, target, device=device)

@@ -83,16 +83,8 @@ def resolve_stream(stream, like):
     """The stream to launch on: the caller's, else CuPy's or PyTorch's current one, else the default."""
     if stream is not None:
         return stream
-    library = _library(like)
-    if library == "cupy":
-        import cupy
-
-        return dev.external_stream(cupy.cuda.get_current_stream().ptr)
-    if library == "torch":
-        import torch
-
-        return dev.external_stream(torch.cuda.current_stream(like.device).cuda_stream)
-    return 0
+    handle = _current_library_stream(_library(like), like)
+    return 0 if handle is None else dev.external_stream(handle)
 
 
 def _current_library_stream(library, like):

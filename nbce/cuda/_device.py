@@ -174,6 +174,12 @@ def stream_key(stream):
         return int(handle.value or 0)  # ctypes handles
 
 
+def device_name():
+    """The current GPU's name, as text."""
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def current_device_id():
     return 0 if SIMULATOR else cuda.get_current_device().id
 
