@@ -527,7 +527,7 @@ def evaluate(logits, target=None, *, weight=None, shift=False, per_sequence=Fals
 
     ``device``: ``"cpu"``, ``"cuda"`` (host chunks are streamed to the GPU) or
     ``"auto"`` (CUDA arrays on the GPU; host arrays on the CPU, unless they
-    are 256 MiB or more and streaming them through the GPU was measured
+    are 1 GiB or more and streaming them through the GPU was measured
     faster on this machine: see ``nbce._routing``; ``result.pipeline`` says
     when they were).  ``progress=True`` shows rows/s and GB/s on stderr.  Other
     keywords go to ``Evaluator`` (``top_k``, ``ignore_index``, ``axis``,
