@@ -243,20 +243,21 @@ class Evaluator:
             logits, target, weight = next_token_views(_as_array(logits), _as_array(target),
                                                       None if weight is None else _as_array(weight), self.axis)
             origin = (0, 1)
-        backend = self._update(logits, target, weight, stream, origin)
-        if backend.SUMS_ON_DEVICE:
-            backend.settle_sums(self)
+        self._update(logits, target, weight, stream, origin)
         return self
 
-    def _update(self, logits, target, weight, stream, origin=()):
-        """``update`` without collecting sums kept on the device (``_settle``);
-        ``origin`` locates the chunk in a larger array for error messages.
+    def _update(self, logits, target, weight, stream, origin=(), settle=True):
+        """``update``; ``origin`` locates the chunk in a larger array for error
+        messages.  ``settle=False`` leaves sums kept on a device there, for the
+        caller to collect (``backend.settle_sums``) after its last chunk.
         Returns the backend that scored the chunk."""
         backend, _, _, rows, stream = _scores(logits, self.axis, stream)
         check_targets(backend, target, rows.batch_shape)
         weights = row_weights(backend, weight, rows.batch_shape, origin)
         per_row = backend.row_metrics(rows, target, self.ignore_index, origin, stream)
         self._add(backend, per_row, weights, stream)
+        if settle and backend.SUMS_ON_DEVICE:
+            backend.settle_sums(self)
         return backend
 
     def _add(self, backend, per_row, weights, stream):
@@ -601,7 +602,7 @@ def _score_chunks(evaluator, chunks, first, recorder, origin, total_rows, total_
                 if device == "cpu" and is_cuda_array(chunk.logits):
                     raise ValueError("device='cpu' needs host logits, but these live on a GPU")
                 backend = evaluator._update(chunk.logits, chunk.target, chunk.weight, None,
-                                            (chunk.first_row, *origin))
+                                            (chunk.first_row, *origin), settle=False)
                 if backend.SUMS_ON_DEVICE:
                     devices.add(backend)
                 bar.update(chunk.rows, chunk.logits.nbytes)

@@ -167,9 +167,9 @@ def test_another_evaluators_sums_on_the_stream_are_handed_to_it_first(rng):
     x = make_logits(rng, (20, 4), "float32")
     t = targets_for(rng, (20, 4), -1)
     first, second = nbce.Evaluator(), nbce.Evaluator()
-    first._update(cuda.to_device(x[:10]), cuda.to_device(t[:10]), None, None)  # left on the device
+    first._update(cuda.to_device(x[:10]), cuda.to_device(t[:10]), None, None, settle=False)  # left on the device
     second.update(cuda.to_device(x), cuda.to_device(t))
-    first._update(cuda.to_device(x[10:]), cuda.to_device(t[10:]), None, None)
+    first._update(cuda.to_device(x[10:]), cuda.to_device(t[10:]), None, None, settle=False)
     cuda_backend.settle_sums(first)
     assert first.compute().count == second.compute().count > 10
     assert first.compute().ignored == second.compute().ignored
@@ -198,3 +198,59 @@ def test_digits_of_either_sign_carry_into_the_bins():
         n, s = _exact.total(*sums, i)
         assert n == 3 * sum(int(d) << (_exact.DIGIT_BITS * g) for g, d in enumerate(digits[i]))
         assert (s == 0.0, s == math.inf, math.isnan(s))[i]
+
+
+def test_dask_blocks_on_the_gpu_hand_their_sums_back(rng):
+    """Each block's Evaluator gets its sums before it is merged or pickled."""
+    from nbce.dask import _score_block
+
+    x = make_logits(rng, (30, 4), "float32")
+    t = targets_for(rng, (30, 4), -1)
+    blocks = [_score_block({}, (i,), cuda.to_device(x[i:i + 10]), cuda.to_device(t[i:i + 10])) for i in (0, 10, 20)]
+    assert sum(b.compute().count for b in blocks) == nbce.evaluate(x, t).count
+
+
+def test_a_chunk_past_the_read_bound_is_added_in_parts(monkeypatch, copies, rng):
+    monkeypatch.setattr(tally, "ROWS_BETWEEN_READS", 16)
+    x = make_logits(rng, (60, 4), "float32")
+    t = targets_for(rng, (60, 4), -1)
+    copies.update(to_host=0, launches=0)
+    result = nbce.Evaluator().update(cuda.to_device(x), t).compute()  # host targets: no flag read
+    assert copies["to_host"] == 4  # the 4 parts of 16, 16, 16 and 12 rows, each read back
+    assert result.count == nbce.evaluate(x, t).count
+
+
+def test_an_interrupted_read_back_leaves_nothing_behind(monkeypatch, rng):
+    x = make_logits(rng, (10, 4), "float32")
+    t = targets_for(rng, (10, 4), -1)
+    real_read = type(cuda_backend._workspace.workspace(0)).read
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(cuda_backend._workspace.workspace(0)), "read", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        nbce.Evaluator().update(cuda.to_device(x), t)
+    monkeypatch.setattr(type(cuda_backend._workspace.workspace(0)), "read", real_read)
+    assert nbce.Evaluator().update(cuda.to_device(x), t).compute().count == nbce.evaluate(x, t).count
+
+
+def test_uploads_start_from_page_locked_memory_and_constants_go_once(monkeypatch, rng):
+    from nbce.cuda._workspace import Workspace
+
+    sources = []
+    real = _device.copy_to_device
+    monkeypatch.setattr(_device, "copy_to_device", lambda dst, host, stream=0: (sources.append(host), real(dst, host,
+                                                                                                        stream))[1])
+    x = make_logits(rng, (12, 4), "float32")
+    t = targets_for(rng, (12, 4), -1)
+    evaluator = nbce.Evaluator()
+    evaluator.update(cuda.to_device(x), t, weight=rng.uniform(0, 1, 12))
+    constants = len(cuda_backend._workspace.workspace(0)._constants)
+    evaluator.update(cuda.to_device(x), t, weight=rng.uniform(0, 1, 12))
+    ws = cuda_backend._workspace.workspace(0)
+    assert isinstance(ws, Workspace)
+    assert len(sources) == 4  # targets and weights, twice
+    staging = [buffer for buffer, _ in ws._staging.values()]
+    assert all(any(np.shares_memory(host, buffer) for buffer in staging) for host in sources)
+    assert constants == len(ws._constants) == 2

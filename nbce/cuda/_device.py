@@ -6,6 +6,7 @@ conversion, streams.
 """
 
 import collections
+import contextlib
 import ctypes
 import math
 import os
@@ -182,6 +183,13 @@ def device_name():
 
 def current_device_id():
     return 0 if SIMULATOR else cuda.get_current_device().id
+
+
+def current_device(device_id):
+    """A context in which GPU ``device_id`` is the current one."""
+    if SIMULATOR or device_id == current_device_id():
+        return contextlib.nullcontext()
+    return cuda.gpus[device_id]
 
 
 def launch_bounds(threads, blocks):

@@ -32,6 +32,8 @@ class Workspace:
         self.ones = dev.to_device(np.ones((1, 1)), stream=stream)  # an absent binary weight
         self._views = {}
         self._read_back = {}  # page-locked host buffers of ``read``, per dtype
+        self._staging = {}  # page-locked host buffers of ``upload``, per name, with an event
+        self._constants = {}
         self.evaluation = None  # whose evaluation sums the "evaluation_sums" buffer holds (nbce.cuda.tally)
 
     def buffer(self, name, shape, dtype=np.float64):
@@ -65,11 +67,38 @@ class Workspace:
     def upload(self, name, host):
         """A device copy of the 1-D host array ``host`` in the buffer ``name``: one
         host-to-device copy on the workspace's stream, after the kernels that
-        still read the buffer's last contents (same stream, so in order)."""
+        still read the buffer's last contents (same stream, so in order).
+
+        The copy starts from page-locked memory (``host`` is copied there
+        first): from pageable memory the driver may wait for the stream's
+        earlier work, which would hold up the host's next step.  The staging
+        buffer is reused once its last copy has run (an event per buffer)."""
         view = self._view(name, host.shape, host.dtype, False)
         if host.size:
-            dev.copy_to_device(view, host, self._stream)
+            staged, done = self._staging_for(name, host.size, host.dtype)
+            staged = staged[: host.size]
+            np.copyto(staged, host)
+            dev.copy_to_device(view, staged, self._stream)
+            done.record(self._stream)
         return view
+
+    def _staging_for(self, name, size, dtype):
+        """(page-locked buffer, its event) for uploads of ``name``, free to be overwritten."""
+        found = self._staging.get(name)
+        if found is None or found[0].size < size or found[0].dtype != np.dtype(dtype):
+            found = self._staging[name] = (dev.pinned_empty(max(size, 1), dtype), dev.event())
+        else:
+            found[1].synchronize()  # the previous copy from it has run (long since, as a rule)
+        return found
+
+    def constant(self, name, host):
+        """A device copy of the small host array ``host`` that is uploaded again
+        only when its contents change (top-k values, calibration edges)."""
+        key = (host.dtype.str, host.shape, host.tobytes())
+        found = self._constants.get(name)
+        if found is None or found[0] != key:
+            found = self._constants[name] = (key, dev.to_device(np.ascontiguousarray(host), stream=self._stream))
+        return found[1]
 
     def read_bad(self, stream):
         """The bad-target flag's value: one 8-byte copy into page-locked memory, waited for.
@@ -117,8 +146,8 @@ def workspace(stream):
 
 
 def thread_workspaces():
-    """(workspace, stream) of every workspace of the current thread."""
-    return [(ws, ws._stream) for ws in getattr(_local, "workspaces", {}).values()]
+    """(workspace, stream, GPU number) of every workspace of the current thread."""
+    return [(ws, ws._stream, device_id) for (device_id, _), ws in getattr(_local, "workspaces", {}).items()]
 
 
 def release(stream):

@@ -107,6 +107,7 @@ class _Slot:
         rows = as_rows(DeviceFloats(on_device, logical, bfloat16, on_device), words.ndim - 1, self.stream)
         check_targets(cpu, chunk.target, rows.batch_shape)
         per_row = row_metrics(rows, chunk.target, evaluator.ignore_index, (chunk.first_row,), self.stream)
+        events[2].record(self.stream)
         results = None
         if evaluator._sink is None:  # the sums stay on the device
             evaluator._add(cuda_backend, per_row, weights, self.stream)
@@ -117,7 +118,6 @@ class _Slot:
                 host = self.outputs[i][: values.size]
                 values.copy_to_host(host, stream=self.stream)
                 results.append(host)
-        events[2].record(self.stream)
         self.pending = (results, weights, events)
 
     def drain(self, evaluator, timings):

@@ -21,10 +21,11 @@ multiply-adds.  Non-finite values set flags instead (+inf, -inf, NaN), and
 
 A row adds at most 3 pieces of < 2**33 to any one digit, so a digit stays
 within int64 for 2**28 rows: ``ROWS_BETWEEN_READS`` bounds the rows added
-between two reads.
+between two reads (a larger chunk is added in parts, read back in between).
 
 Most figures of an evaluation (losses, entropies, confidences, unit or modest
-weights) lie in [2**-140, 2**116): their pieces fall in ``WINDOW`` digits
+weights) lie in about [2**-140, 2**116) (weighted products: [2**-86, 2**117)):
+their pieces fall in ``WINDOW`` digits
 that each block first adds up in shared memory, so a block makes one global
 atomic per digit it touched instead of one per row; other values go to the
 global digits directly.
@@ -80,14 +81,16 @@ def _add_integer(state, held, acc, magnitude, position, negative):
         d0, d1, d2 = -d0, -d1, -d2
     at = acc * WINDOW + g - WINDOW_FIRST
     if g >= WINDOW_FIRST and g + 2 < WINDOW_FIRST + WINDOW and at + 2 < held.size:
-        cuda.atomic.add(held, at, d0)
+        if d0 != 0:
+            cuda.atomic.add(held, at, d0)
         if d1 != 0:
             cuda.atomic.add(held, at + 1, d1)
         if d2 != 0:
             cuda.atomic.add(held, at + 2, d2)
     else:
         at = acc * N_DIGITS + g
-        cuda.atomic.add(state, at, d0)
+        if d0 != 0:
+            cuda.atomic.add(state, at, d0)
         if d1 != 0:
             cuda.atomic.add(state, at + 1, d1)
         if d2 != 0:
@@ -232,6 +235,10 @@ class _Pending:
         self.rows = 0
 
 
+def _nobody():
+    return None
+
+
 def _state(ws, layout):
     return ws.zeroed_buffer("evaluation_sums", (state_size(layout.size),), np.int64)
 
@@ -241,44 +248,62 @@ def add(per_row, weights, layout, top_k, edges, stream, owner):
     ``row_metrics``; ``weights`` a float64 host array, empty when unweighted)
     to the evaluation state of the stream's workspace, on behalf of ``owner``
     (an object with ``_absorb(digits, added, counts)``, which ``settle``
-    hands the sums to).  One launch and two or three small uploads; the state
-    of another owner still in the workspace is settled into it first."""
-    loss, rank, entropy, confidence = per_row
+    hands the sums to).  One launch per ``ROWS_BETWEEN_READS`` rows, and the
+    weights' upload; the state of another owner still in the workspace is
+    settled into it first.  (A digit holds the sums of 2**28 rows: the rows
+    are added in parts of at most ``ROWS_BETWEEN_READS``, read back in between.)"""
     ws = workspace(stream)
-    pending = ws.evaluation
-    if pending is not None and (pending.owner() is not owner or pending.rows + rank.size > ROWS_BETWEEN_READS):
-        _settle(ws, stream)
-        pending = None
-    if pending is None:
-        pending = ws.evaluation = _Pending(owner, layout)
+    n = per_row[1].size
+    if n == 0:
+        return
     weighted = weights.size > 0
     weight = ws.upload("row_weights", weights) if weighted else ws.unused
-    top_k_device = ws.upload("top_k", top_k)
-    edges_device = ws.upload("calibration_edges", edges)
-    blocks = max(1, min(-(-rank.size // THREADS), BLOCKS_PER_SM * dev.multiprocessor_count()))
-    dev.launch(tally_kernel(THREADS, _shared_entries(layout.size)), blocks, THREADS, stream,
-               (loss, rank, entropy, confidence, weight, weighted, top_k_device, edges_device, layout.size,
-                layout.top_k(0), layout.bin(0, 0), layout.loss_squares, _state(ws, layout)))
-    pending.rows += rank.size
+    top_k_device, edges_device = ws.constant("top_k", top_k), ws.constant("calibration_edges", edges)
+    kernel = tally_kernel(THREADS, _shared_entries(layout.size))
+    for start in range(0, n, ROWS_BETWEEN_READS):
+        stop = min(n, start + ROWS_BETWEEN_READS)
+        pending = ws.evaluation
+        if pending is not None and (pending.owner() is not owner or pending.rows + stop - start > ROWS_BETWEEN_READS):
+            _settle(ws, stream)
+            pending = None
+        if pending is None:
+            pending = ws.evaluation = _Pending(owner, layout)
+        part = per_row if stop - start == n else [values[start:stop] for values in per_row]
+        part_weight = weight[start:stop] if weighted and stop - start < n else weight
+        blocks = max(1, min(-(-(stop - start) // THREADS), BLOCKS_PER_SM * dev.multiprocessor_count()))
+        dev.launch(kernel, blocks, THREADS, stream,
+                   (*part, part_weight, weighted, top_k_device, edges_device, layout.size, layout.top_k(0),
+                    layout.bin(0, 0), layout.loss_squares, _state(ws, layout)))
+        pending.rows += stop - start
 
 
 def _settle(ws, stream, keep=True):
     """Hand the workspace's state to its owner (unless ``keep`` is false or the
-    owner is gone): one copy back, waited for; then zero the state (one launch)."""
-    pending, ws.evaluation = ws.evaluation, None
-    state = _state(ws, pending.layout)
+    owner is gone): one copy back, waited for; then zero the state (one launch).
+
+    The state is cleared whatever happens meanwhile (an error, an interrupt
+    while waiting for the copy): until the clear is launched, the workspace
+    records sums of nobody, which the next use clears."""
+    pending = ws.evaluation
     owner = pending.owner() if keep else None
-    if owner is not None:
-        host = ws.read(state, stream)
-        n = pending.layout.size
-        owner._absorb(host[: n * N_DIGITS].reshape(n, N_DIGITS), host[n * N_DIGITS: n * (N_DIGITS + 1)],
-                      host[n * (N_DIGITS + 1):])
-    dev.launch(clear_kernel(THREADS), max(1, min(-(-state.size // THREADS), 64)), THREADS, stream, (state,))
+    pending.owner = _nobody
+    state = _state(ws, pending.layout)
+    try:
+        if owner is not None:
+            host = ws.read(state, stream)
+            n = pending.layout.size
+            owner._absorb(host[: n * N_DIGITS].reshape(n, N_DIGITS), host[n * N_DIGITS: n * (N_DIGITS + 1)],
+                          host[n * (N_DIGITS + 1):])
+    finally:
+        dev.launch(clear_kernel(THREADS), max(1, min(-(-state.size // THREADS), 64)), THREADS, stream, (state,))
+        ws.evaluation = None
 
 
 def settle(owner, keep=True):
     """Hand ``owner`` the sums this thread's workspaces hold for it (``keep``
-    false: drop them, after an error): one copy back per stream it used."""
-    for ws, stream in thread_workspaces():
+    false: drop them, after an error): one copy back per stream it used, each
+    with its own GPU current."""
+    for ws, stream, device_id in thread_workspaces():
         if ws.evaluation is not None and ws.evaluation.owner() is owner:
-            _settle(ws, stream, keep)
+            with dev.current_device(device_id):
+                _settle(ws, stream, keep)
