@@ -251,6 +251,6 @@ def test_uploads_start_from_page_locked_memory_and_constants_go_once(monkeypatch
     ws = cuda_backend._workspace.workspace(0)
     assert isinstance(ws, Workspace)
     assert len(sources) == 4  # targets and weights, twice
-    staging = [buffer for buffer, _ in ws._staging.values()]
+    staging = [buffer for ring in ws._staging.values() for buffer, _ in ring]
     assert all(any(np.shares_memory(host, buffer) for buffer in staging) for host in sources)
     assert constants == len(ws._constants) == 2

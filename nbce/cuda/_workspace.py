@@ -14,6 +14,8 @@ import numpy as np
 
 from . import _device as dev
 
+# Page-locked staging buffers per uploaded name, used in turn.
+STAGING_RING = 4
 # The bad-target flag's resting value: no bad row.
 NO_BAD_ROW = np.iinfo(np.int64).max
 
@@ -32,7 +34,8 @@ class Workspace:
         self.ones = dev.to_device(np.ones((1, 1)), stream=stream)  # an absent binary weight
         self._views = {}
         self._read_back = {}  # page-locked host buffers of ``read``, per dtype
-        self._staging = {}  # page-locked host buffers of ``upload``, per name, with an event
+        self._staging = {}  # page-locked host buffers of ``upload``: per name, a ring of (buffer, event)
+        self._turns = {}
         self._constants = {}
         self.evaluation = None  # whose evaluation sums the "evaluation_sums" buffer holds (nbce.cuda.tally)
 
@@ -71,8 +74,9 @@ class Workspace:
 
         The copy starts from page-locked memory (``host`` is copied there
         first): from pageable memory the driver may wait for the stream's
-        earlier work, which would hold up the host's next step.  The staging
-        buffer is reused once its last copy has run (an event per buffer)."""
+        earlier work, which would hold up the host.  ``STAGING_RING`` staging
+        buffers per name take turns, each reused once its copy has run (an
+        event each), so that many calls may be queued ahead of the GPU."""
         view = self._view(name, host.shape, host.dtype, False)
         if host.size:
             staged, done = self._staging_for(name, host.size, host.dtype)
@@ -83,12 +87,19 @@ class Workspace:
         return view
 
     def _staging_for(self, name, size, dtype):
-        """(page-locked buffer, its event) for uploads of ``name``, free to be overwritten."""
-        found = self._staging.get(name)
-        if found is None or found[0].size < size or found[0].dtype != np.dtype(dtype):
-            found = self._staging[name] = (dev.pinned_empty(max(size, 1), dtype), dev.event())
+        """The next (page-locked buffer, event) of ``name``'s ring, free to be overwritten."""
+        ring = self._staging.setdefault(name, [])
+        turn = self._turns.get(name, 0)
+        self._turns[name] = (turn + 1) % STAGING_RING
+        if turn < len(ring) and ring[turn][0].size >= size and ring[turn][0].dtype == np.dtype(dtype):
+            ring[turn][1].synchronize()  # the copy from it, STAGING_RING uploads ago, has run
+            return ring[turn]
+        found = (dev.pinned_empty(max(size, 1), dtype), dev.event())
+        if turn < len(ring):
+            ring[turn][1].synchronize()  # its last copy must run before the buffer is freed
+            ring[turn] = found
         else:
-            found[1].synchronize()  # the previous copy from it has run (long since, as a rule)
+            ring.append(found)
         return found
 
     def constant(self, name, host):
