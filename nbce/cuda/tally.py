@@ -39,9 +39,8 @@ import numpy as np
 from numba import types
 
 from .._exact import ADDED_NAN, ADDED_NEG_INF, ADDED_POS_INF, DIGIT_BITS, N_DIGITS, SCALE
-from .._tally import BIN_CONFIDENCE, BIN_CORRECT, BIN_WEIGHT, IGNORED, IGNORED_ROW, N_COUNTS, ROWS, \
-    UNCALIBRATED, UNDEFINED, UNDEFINED_ROW, calibration_bin
-from .._tally import ENTROPY, LOSS, WEIGHT
+from .._tally import (BIN_CONFIDENCE, BIN_CORRECT, BIN_WEIGHT, ENTROPY, IGNORED, IGNORED_ROW, LOSS, N_COUNTS,
+                      ROWS, UNCALIBRATED, UNDEFINED, UNDEFINED_ROW, WEIGHT, calibration_bin)
 from . import _device as dev
 from ._device import cuda
 from ._workspace import thread_workspaces, workspace
@@ -70,8 +69,7 @@ def state_size(n_sums):
 @dev.jit(device=True)
 def _add_integer(state, held, acc, magnitude, position, negative):
     """Add +-magnitude * 2**position (magnitude < 2**55, position >= 0) to sum ``acc``."""
-    g = position >> 5
-    s = position & 31
+    g, s = position // DIGIT_BITS, position % DIGIT_BITS  # its digit, and the shift within it
     low = (magnitude & _DIGIT_MASK) << s
     high = (magnitude >> DIGIT_BITS) << s
     d0 = low & _DIGIT_MASK
