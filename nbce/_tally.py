@@ -8,7 +8,7 @@ confidence); ``tally`` adds them, weighted, to the exact accumulators of
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, set_parallel_chunksize
 
 from ._exact import JIT_NO_NRT, add, add_product
 from ._threads import launches
@@ -198,7 +198,14 @@ def tally(loss, rank, entropy, confidence, weight, top_k, edges, partials, used,
     # its accumulator's count, and jobs bumping neighbouring entries of one
     # array would pass its cache line back and forth at every row.
     own = _private_counts(used, _n_jobs(top_k))
-    _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, partials, own, special, counts)
+    # The jobs take unequal times (a bin field's twice a row sum's): hand them
+    # out one at a time, not as one contiguous run of jobs per thread.  (Set
+    # here, not in the kernel: a kernel that sets it cannot be cached.)
+    default = set_parallel_chunksize(1)
+    try:
+        _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, partials, own, special, counts)
+    finally:
+        set_parallel_chunksize(default)
     used += (own[:, :used.size] - used).sum(axis=0)  # a job changes only its own accumulators' counts
 
 

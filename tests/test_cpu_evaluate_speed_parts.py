@@ -5,6 +5,7 @@ pass against a count of its own."""
 
 import re
 
+import numba
 import numpy as np
 import pytest
 from numba import njit
@@ -114,3 +115,14 @@ def test_extrema_with_the_count_is_vectorized(dtype):
     asm = _asm(_rows._block_extrema_above, block, True, block[0])
     assert PACKED_INT_MAX.search(asm), "integer-key max did not vectorize"
     assert re.search(r"\bv?cmp\w*p[sd]\s", asm), "comparison did not vectorize"
+
+
+def test_tally_leaves_the_callers_chunk_size_alone(rng):
+    per_row, _ = _per_row(rng, _tally.PARALLEL_ROWS)
+    evaluator = Evaluator()
+    before = numba.set_parallel_chunksize(7)
+    try:
+        evaluator._tally(per_row, np.empty(0))
+        assert numba.get_parallel_chunksize() == 7
+    finally:
+        numba.set_parallel_chunksize(before)
