@@ -60,19 +60,27 @@ def _block_extrema(block):
 def _block_extrema_above(block, count_above, pivot):
     """``_block_extrema`` and, when ``count_above``, ``_count_above`` in the same
     read of the block: (max, min, number of entries greater than ``pivot``).
-    The count is exact in any order, so it is the same as counting apart."""
+
+    The count is summed in the compute type, as ``_block_sums_split`` counts
+    its ones: a float32 vector adds the 0/1 of a float32 comparison in its own
+    lanes, where an int64 count widens every comparison (twice as slow as
+    counting apart).  It is exact: a block holds at most ``BLOCK`` <= 2**24
+    entries, and integers below 2**24 add exactly in float32 in any order.
+    """
     first = widen(block[0])
     high = order_key(first)
     low = high
-    above = 0
+    zero = cast_like(0.0, pivot)
+    one = cast_like(1.0, pivot)
+    above = zero
     for j in range(block.size):
         x = widen(block[j])
         k = order_key(x)
         high = k if k > high else high
         low = k if k < low else low
         if count_above:  # loop-invariant: LLVM makes two loops of this one
-            above += 1 if x > pivot else 0
-    return key_to_float(high, first), key_to_float(low, first), above
+            above += one if x > pivot else zero
+    return key_to_float(high, first), key_to_float(low, first), np.int64(above)
 
 
 @njit(**JIT_OPTIONS)
