@@ -88,65 +88,87 @@ def _count_rows(rank, confidence, counts):
 
 
 @njit(**JIT_NO_NRT)
-def _add_row_sums(i, squares, loss, rank, entropy, weight, partials, used, special):
-    """Accumulator ``i`` (WEIGHT, LOSS, ENTROPY or ``squares``) over the rows scored:
-    sum w, sum w*loss, sum w*entropy or sum w*loss**2 (each square rounded once)."""
+def _add_row_sums(i, loss, rank, entropy, weight, partials, used, special):
+    """Accumulator ``i`` (LOSS, ENTROPY or the squares) over the rows scored:
+    sum w*loss, sum w*entropy or sum w*loss**2 (each square rounded once)."""
     weighted = weight.size > 0
     for r in range(rank.size):
         if rank[r] == IGNORED_ROW:
             continue
         w = weight[r] if weighted else 1.0
-        if i == WEIGHT:
-            add(partials, used, special, i, w)
-        else:
-            v = loss[r] if i == LOSS else entropy[r] if i == ENTROPY else loss[r] * loss[r]
-            add_product(partials, used, special, i, w, v)
+        v = loss[r] if i == LOSS else entropy[r] if i == ENTROPY else loss[r] * loss[r]
+        add_product(partials, used, special, i, w, v)
 
 
 @njit(**JIT_NO_NRT)
-def _add_top_k(i, k, rank, weight, partials, used, special):
-    """Accumulator ``i``: sum w over the rows ranked, with rank < k."""
+def _add_weights(i, lowest, below, rank, weight, partials, used, special):
+    """Accumulator ``i``: sum w over the rows not ignored with lowest <= rank < below.
+
+    Unit weights (``weight`` empty) sum to the number of those rows, added
+    once: the same exact sum as one addition of 1 per row, for a fraction of
+    the work (a count below 2**53 is a float64).
+    """
     weighted = weight.size > 0
+    n = 0
     for r in range(rank.size):
-        if 0 <= rank[r] < k:
-            add(partials, used, special, i, weight[r] if weighted else 1.0)
+        k_rank = rank[r]
+        if k_rank == IGNORED_ROW or not lowest <= k_rank < below:
+            continue
+        if weighted:
+            add(partials, used, special, i, weight[r])
+        else:
+            n += 1
+    if n > 0:
+        add(partials, used, special, i, np.float64(n))
 
 
 @njit(**JIT_NO_NRT)
-def _add_bin_field(field, first_bin, rank, confidence, weight, edges, partials, used, special):
+def _add_bin_field(field, first_bin, rank, confidence, weight, edges, bin_counts, partials, used, special):
     """``field`` (BIN_WEIGHT, BIN_CONFIDENCE or BIN_CORRECT) of every calibration bin:
     sum w, sum w*confidence or sum w*[rank == 0] over the rows ranked whose
-    confidence is a number, each in its confidence's bin."""
+    confidence is a number, each in its confidence's bin.  Unit weights are
+    counted per bin in ``bin_counts`` (zeros, one per bin) and each count
+    added once (see ``_add_weights``)."""
     weighted = weight.size > 0
     for r in range(rank.size):
         c = confidence[r]
         if rank[r] < 0 or c != c or (field == BIN_CORRECT and rank[r] != 0):
             continue
-        w = weight[r] if weighted else 1.0
-        at = first_bin + _PER_BIN * calibration_bin(c, edges) + field
+        b = calibration_bin(c, edges)
+        at = first_bin + _PER_BIN * b + field
         if field == BIN_CONFIDENCE:
-            add_product(partials, used, special, at, w, c)
+            add_product(partials, used, special, at, weight[r] if weighted else 1.0, c)
+        elif weighted:
+            add(partials, used, special, at, weight[r])
         else:
-            add(partials, used, special, at, w)
+            bin_counts[b] += 1
+    for b in range(bin_counts.size):
+        if bin_counts[b] > 0:
+            add(partials, used, special, first_bin + _PER_BIN * b + field, np.float64(bin_counts[b]))
 
 
 @njit(**JIT_NO_NRT)
-def _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, partials, used, special, counts):
+def _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special,
+               counts):
     """Job ``job`` of ``tally``: every addition to one accumulator (or one field
-    of every bin, or the counts), rows in order.  Jobs share no accumulator, so
-    they run at once, and each accumulator receives the very additions, in the
-    very order, of a row-by-row loop: its state is the same bit for bit."""
+    of every bin, or the counts), rows in order.  Jobs share no accumulator,
+    so they run at once; with weights each accumulator receives the very
+    additions, in the very order, of a row-by-row loop."""
     n_top_k = top_k.size
     first_bin = _FIRST_TOP_K + n_top_k
     squares = first_bin + _PER_BIN * (edges.size - 1)
-    if job < _FIRST_TOP_K:
-        _add_row_sums(job, squares, loss, rank, entropy, weight, partials, used, special)
+    if job == WEIGHT:
+        _add_weights(job, UNDEFINED_ROW, np.iinfo(np.int64).max, rank, weight, partials, used, special)
+    elif job < _FIRST_TOP_K:
+        _add_row_sums(job, loss, rank, entropy, weight, partials, used, special)
     elif job < first_bin:
-        _add_top_k(job, top_k[job - _FIRST_TOP_K], rank, weight, partials, used, special)
+        _add_weights(job, 0, top_k[job - _FIRST_TOP_K], rank, weight, partials, used, special)
     elif job < first_bin + _PER_BIN:
-        _add_bin_field(job - first_bin, first_bin, rank, confidence, weight, edges, partials, used, special)
+        field = job - first_bin
+        _add_bin_field(field, first_bin, rank, confidence, weight, edges, bin_counts[field], partials, used,
+                       special)
     elif job == first_bin + _PER_BIN:
-        _add_row_sums(squares, squares, loss, rank, entropy, weight, partials, used, special)
+        _add_row_sums(squares, loss, rank, entropy, weight, partials, used, special)
     else:
         _count_rows(rank, confidence, counts)
 
@@ -158,16 +180,19 @@ def _n_jobs(top_k):
 
 
 @njit(**JIT_NO_NRT)
-def _tally_serial(loss, rank, entropy, confidence, weight, top_k, edges, partials, used, special, counts):
+def _tally_serial(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special, counts):
     for job in range(_n_jobs(top_k)):
-        _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, partials, used, special, counts)
+        _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special,
+                   counts)
 
 
 @njit(**dict(JIT_NO_NRT, parallel=True))
-def _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, partials, own, special, counts):
+def _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, own, special,
+                    counts):
     """``_tally_serial``'s jobs on several threads, job j counting additions in own[j]."""
     for job in prange(_n_jobs(top_k)):
-        _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, partials, own[job], special, counts)
+        _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, own[job], special,
+                   counts)
 
 
 def _private_counts(used, n_jobs):
@@ -188,11 +213,14 @@ def tally(loss, rank, entropy, confidence, weight, top_k, edges, partials, used,
     whose target is the argmax.
 
     The additions run as independent jobs (``_tally_job``), on several
-    threads for chunks of at least ``PARALLEL_ROWS`` rows; the sums and their
-    state do not depend on it.
+    threads for chunks of at least ``PARALLEL_ROWS`` rows; unit weights are
+    counted and each count added once.  The sums are exact either way: the
+    figures do not depend on how they were added.
     """
+    bin_counts = np.zeros((_PER_BIN, edges.size - 1), dtype=np.int64)  # the jobs allocate nothing
     if rank.size < PARALLEL_ROWS:
-        _tally_serial(loss, rank, entropy, confidence, weight, top_k, edges, partials, used, special, counts)
+        _tally_serial(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special,
+                      counts)
         return
     # Each job counts its additions in a row of its own: every addition bumps
     # its accumulator's count, and jobs bumping neighbouring entries of one
@@ -203,7 +231,8 @@ def tally(loss, rank, entropy, confidence, weight, top_k, edges, partials, used,
     # here, not in the kernel: a kernel that sets it cannot be cached.)
     default = set_parallel_chunksize(1)
     try:
-        _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, partials, own, special, counts)
+        _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, own, special,
+                        counts)
     finally:
         set_parallel_chunksize(default)
     used += (own[:, :used.size] - used).sum(axis=0)  # a job changes only its own accumulators' counts
