@@ -131,3 +131,23 @@ def test_tally_leaves_the_callers_chunk_size_alone(rng):
         assert numba.get_parallel_chunksize() == 7
     finally:
         numba.set_parallel_chunksize(before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_sums_in_the_extrema_pass_match_the_split_sums(rng, dtype):
+    # A block below the running maximum is summed (and its entropy moment
+    # formed) in the read that finds its extrema: the same extrema and count,
+    # and the split sums' values up to the rounding of a compute-type sum.
+    x = (rng.standard_normal(2048) * 4).astype(dtype)
+    x[::97] = -np.inf
+    x[1::53] = x[0]
+    block = x.view(np.int16) if dtype == "float16" else x
+    compute = np.float64 if dtype == "float64" else np.float32
+    shift, pivot = compute(np.max(x.astype(np.float64)) + 1.5), compute(x[0])
+    for count_above in (False, True):
+        total, moment, high, low, above = _rows._block_sums_moment_extrema(block, shift, count_above, pivot)
+        assert (high, low, above) == _rows._block_extrema_above(block, count_above, pivot)
+        ones, rest, expected_moment = _rows._block_sums_split(block, shift, True)
+        assert ones == 0
+        rtol = 1e-13 if dtype == "float64" else 1e-5
+        np.testing.assert_allclose([total, moment], [rest, expected_moment], rtol=rtol)

@@ -113,6 +113,37 @@ def _block_sum_exp_extrema(block, shift):
 
 
 @njit(**JIT_OPTIONS)
+def _block_sums_moment_extrema(block, shift, count_above, pivot):
+    """``_block_sum_exp``, the entropy moment sum_j e_j d_j (see
+    ``_block_sums_split``) and ``_block_extrema_above`` in one read of the
+    block: (sum, moment, max, min, above).
+
+    The sums are only meaningful when the block's maximum is below ``shift``;
+    the caller checks that and otherwise sums again.
+    """
+    first = widen(block[0])
+    high = order_key(first)
+    low = high
+    zero = cast_like(0.0, shift)
+    one = cast_like(1.0, shift)
+    total = zero
+    moment = zero
+    above = zero  # counted in the compute type, see _block_extrema_above
+    for j in range(block.size):
+        x = widen(block[j])
+        k = order_key(x)
+        high = k if k > high else high
+        low = k if k < low else low
+        d = x - shift
+        e = exp_term(d)
+        total += e
+        moment += e * d if e > zero else zero
+        if count_above:  # loop-invariant: LLVM makes two loops of this one
+            above += one if x > pivot else zero
+    return total, moment, key_to_float(high, first), key_to_float(low, first), np.int64(above)
+
+
+@njit(**JIT_OPTIONS)
 def _block_sums_split(block, shift, with_moment):
     """For a block that reaches the row maximum ``shift``: sum_j exp(x_j - shift)
     as (count of terms equal to 1, sum of the others), and, ``with_moment``,
@@ -185,28 +216,33 @@ def row_sums(row, with_entropy, count_above, pivot):
         # Index loops from 0 over a slice: a loop from `lo` makes numba
         # guard every index against wraparound, which defeats vectorization.
         block = row[lo:lo + BLOCK]
-        if not with_entropy and -np.inf < running_max < np.inf:
-            # Common case first: one read that sums against the current
-            # maximum and finds the block's extrema; only a block reaching
-            # the maximum is summed again below.
-            if count_above:
-                above += _count_above(block, pivot)
-            s, block_max, block_min = _block_sum_exp_extrema(block, cast_like(shift, widen(block[0])))
-            if block_max != block_max or block_min != block_min:
-                return np.nan, np.nan, np.nan, np.nan, np.nan, 0
-            if np.float64(block_max) < running_max:
-                rest += np.float64(s)
-                continue
+        finite = -np.inf < running_max < np.inf
+        if finite:
+            # Common case first: one read that sums (and forms the entropy's
+            # moment) against the current maximum, counts and finds the
+            # block's extrema; only a block reaching the maximum is summed
+            # again below.
+            shift_like = cast_like(shift, widen(block[0]))
+            if with_entropy:
+                s, t, block_max, block_min, n = _block_sums_moment_extrema(block, shift_like, count_above, pivot)
+            else:
+                n = _count_above(block, pivot) if count_above else 0
+                s, block_max, block_min = _block_sum_exp_extrema(block, shift_like)
+                t = cast_like(0.0, s)
         else:
-            # The count rides along with the extrema (the entropy's path, and
-            # the evaluation's): one read of the block fewer.
-            if count_above:
+            s = t = cast_like(0.0, widen(block[0]))
+            if count_above:  # the count rides along with the extrema: one read of the block fewer
                 block_max, block_min, n = _block_extrema_above(block, True, pivot)
-                above += n
             else:
                 block_max, block_min = _block_extrema(block)
+                n = 0
         if block_max != block_max or block_min != block_min:
             return np.nan, np.nan, np.nan, np.nan, np.nan, 0
+        above += n
+        if finite and np.float64(block_max) < running_max:
+            rest += np.float64(s)
+            moment += np.float64(t)
+            continue
         new_max = np.float64(block_max)
         if new_max > running_max:
             new_shift = new_max if np.isfinite(new_max) else 0.0
