@@ -8,9 +8,10 @@ confidence); ``tally`` adds them, weighted, to the exact accumulators of
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange, set_parallel_chunksize
 
 from ._exact import JIT_NO_NRT, add, add_product
+from ._threads import launches
 
 # Rank codes of rows without a rank, written by the metric kernels.
 IGNORED_ROW, UNDEFINED_ROW = -1, -2
@@ -69,7 +70,140 @@ def calibration_bin(confidence, edges):
     return b
 
 
+# Rows from which ``tally`` runs its jobs (below) on several threads: a
+# parallel launch costs microseconds, a row's additions nanoseconds.
+PARALLEL_ROWS = 4096
+
+
 @njit(**JIT_NO_NRT)
+def _count_rows(rank, confidence, counts):
+    """counts[...] += rows scored, ignored, without a rank, without a confidence."""
+    for r in range(rank.size):
+        k_rank = rank[r]
+        counts[ROWS] += 0 if k_rank == IGNORED_ROW else 1
+        counts[IGNORED] += 1 if k_rank == IGNORED_ROW else 0
+        counts[UNDEFINED] += 1 if k_rank == UNDEFINED_ROW else 0
+        c = confidence[r]
+        counts[UNCALIBRATED] += 1 if k_rank >= 0 and c != c else 0
+
+
+@njit(**JIT_NO_NRT)
+def _add_row_sums(i, loss, rank, entropy, weight, partials, used, special):
+    """Accumulator ``i`` (LOSS, ENTROPY or the squares) over the rows scored:
+    sum w*loss, sum w*entropy or sum w*loss**2 (each square rounded once)."""
+    weighted = weight.size > 0
+    for r in range(rank.size):
+        if rank[r] == IGNORED_ROW:
+            continue
+        w = weight[r] if weighted else 1.0
+        v = loss[r] if i == LOSS else entropy[r] if i == ENTROPY else loss[r] * loss[r]
+        add_product(partials, used, special, i, w, v)
+
+
+@njit(**JIT_NO_NRT)
+def _add_weights(i, lowest, below, rank, weight, partials, used, special):
+    """Accumulator ``i``: sum w over the rows not ignored with lowest <= rank < below.
+
+    Unit weights (``weight`` empty) sum to the number of those rows, added
+    once: the same exact sum as one addition of 1 per row, for a fraction of
+    the work (a count below 2**53 is a float64).
+    """
+    weighted = weight.size > 0
+    n = 0
+    for r in range(rank.size):
+        k_rank = rank[r]
+        if k_rank == IGNORED_ROW or not lowest <= k_rank < below:
+            continue
+        if weighted:
+            add(partials, used, special, i, weight[r])
+        else:
+            n += 1
+    if n > 0:
+        add(partials, used, special, i, np.float64(n))
+
+
+@njit(**JIT_NO_NRT)
+def _add_bin_field(field, first_bin, rank, confidence, weight, edges, bin_counts, partials, used, special):
+    """``field`` (BIN_WEIGHT, BIN_CONFIDENCE or BIN_CORRECT) of every calibration bin:
+    sum w, sum w*confidence or sum w*[rank == 0] over the rows ranked whose
+    confidence is a number, each in its confidence's bin.  Unit weights are
+    counted per bin in ``bin_counts`` (zeros, one per bin) and each count
+    added once (see ``_add_weights``)."""
+    weighted = weight.size > 0
+    for r in range(rank.size):
+        c = confidence[r]
+        if rank[r] < 0 or c != c or (field == BIN_CORRECT and rank[r] != 0):
+            continue
+        b = calibration_bin(c, edges)
+        at = first_bin + _PER_BIN * b + field
+        if field == BIN_CONFIDENCE:
+            add_product(partials, used, special, at, weight[r] if weighted else 1.0, c)
+        elif weighted:
+            add(partials, used, special, at, weight[r])
+        else:
+            bin_counts[b] += 1
+    for b in range(bin_counts.size):
+        if bin_counts[b] > 0:
+            add(partials, used, special, first_bin + _PER_BIN * b + field, np.float64(bin_counts[b]))
+
+
+@njit(**JIT_NO_NRT)
+def _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special,
+               counts):
+    """Job ``job`` of ``tally``: every addition to one accumulator (or one field
+    of every bin, or the counts), rows in order.  Jobs share no accumulator,
+    so they run at once; with weights each accumulator receives the very
+    additions, in the very order, of a row-by-row loop."""
+    n_top_k = top_k.size
+    first_bin = _FIRST_TOP_K + n_top_k
+    squares = first_bin + _PER_BIN * (edges.size - 1)
+    if job == WEIGHT:
+        _add_weights(job, UNDEFINED_ROW, np.iinfo(np.int64).max, rank, weight, partials, used, special)
+    elif job < _FIRST_TOP_K:
+        _add_row_sums(job, loss, rank, entropy, weight, partials, used, special)
+    elif job < first_bin:
+        _add_weights(job, 0, top_k[job - _FIRST_TOP_K], rank, weight, partials, used, special)
+    elif job < first_bin + _PER_BIN:
+        field = job - first_bin
+        _add_bin_field(field, first_bin, rank, confidence, weight, edges, bin_counts[field], partials, used,
+                       special)
+    elif job == first_bin + _PER_BIN:
+        _add_row_sums(squares, loss, rank, entropy, weight, partials, used, special)
+    else:
+        _count_rows(rank, confidence, counts)
+
+
+@njit(**JIT_NO_NRT)
+def _n_jobs(top_k):
+    """The row sums, one job per k, one per bin field, the squares and the counts."""
+    return _FIRST_TOP_K + top_k.size + _PER_BIN + 2
+
+
+@njit(**JIT_NO_NRT)
+def _tally_serial(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special, counts):
+    for job in range(_n_jobs(top_k)):
+        _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special,
+                   counts)
+
+
+@njit(**dict(JIT_NO_NRT, parallel=True))
+def _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, own, special,
+                    counts):
+    """``_tally_serial``'s jobs on several threads, job j counting additions in own[j]."""
+    for job in prange(_n_jobs(top_k)):
+        _tally_job(job, loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, own[job], special,
+                   counts)
+
+
+def _private_counts(used, n_jobs):
+    """One copy of the pending-addition counts ``used`` per job, rows apart by
+    at least a cache line (64 bytes)."""
+    own = np.zeros((n_jobs, (used.size + 15) // 8 * 8), dtype=used.dtype)
+    own[:, :used.size] = used
+    return own
+
+
+@launches
 def tally(loss, rank, entropy, confidence, weight, top_k, edges, partials, used, special, counts):
     """Add one chunk of per-row metrics (weights ``weight``, or 1 when empty) to the sums.
 
@@ -77,37 +211,31 @@ def tally(loss, rank, entropy, confidence, weight, top_k, edges, partials, used,
     once, the sum exact) over the rows scored; per k, sum w over rows with
     rank < k; per confidence bin, sum w, sum w*confidence and sum w over rows
     whose target is the argmax.
+
+    The additions run as independent jobs (``_tally_job``), on several
+    threads for chunks of at least ``PARALLEL_ROWS`` rows; unit weights are
+    counted and each count added once.  The sums are exact either way: the
+    figures do not depend on how they were added.
     """
-    n_top_k = top_k.size
-    first_bin = _FIRST_TOP_K + n_top_k
-    squares = first_bin + _PER_BIN * (edges.size - 1)
-    weighted = weight.size > 0
-    for r in range(rank.size):
-        k_rank = rank[r]
-        if k_rank == IGNORED_ROW:
-            counts[IGNORED] += 1
-            continue
-        counts[ROWS] += 1
-        w = weight[r] if weighted else 1.0
-        add(partials, used, special, WEIGHT, w)
-        add_product(partials, used, special, LOSS, w, loss[r])
-        add_product(partials, used, special, ENTROPY, w, entropy[r])
-        add_product(partials, used, special, squares, w, loss[r] * loss[r])
-        if k_rank == UNDEFINED_ROW:
-            counts[UNDEFINED] += 1
-            continue
-        for i in range(n_top_k):
-            if k_rank < top_k[i]:
-                add(partials, used, special, _FIRST_TOP_K + i, w)
-        c = confidence[r]
-        if c != c:
-            counts[UNCALIBRATED] += 1
-            continue
-        at = first_bin + _PER_BIN * calibration_bin(c, edges)
-        add(partials, used, special, at + BIN_WEIGHT, w)
-        add_product(partials, used, special, at + BIN_CONFIDENCE, w, c)
-        if k_rank == 0:
-            add(partials, used, special, at + BIN_CORRECT, w)
+    bin_counts = np.zeros((_PER_BIN, edges.size - 1), dtype=np.int64)  # the jobs allocate nothing
+    if rank.size < PARALLEL_ROWS:
+        _tally_serial(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, used, special,
+                      counts)
+        return
+    # Each job counts its additions in a row of its own: every addition bumps
+    # its accumulator's count, and jobs bumping neighbouring entries of one
+    # array would pass its cache line back and forth at every row.
+    own = _private_counts(used, _n_jobs(top_k))
+    # The jobs take unequal times (a bin field's twice a row sum's): hand them
+    # out one at a time, not as one contiguous run of jobs per thread.  (Set
+    # here, not in the kernel: a kernel that sets it cannot be cached.)
+    default = set_parallel_chunksize(1)
+    try:
+        _tally_parallel(loss, rank, entropy, confidence, weight, top_k, edges, bin_counts, partials, own, special,
+                        counts)
+    finally:
+        set_parallel_chunksize(default)
+    used += (own[:, :used.size] - used).sum(axis=0)  # a job changes only its own accumulators' counts
 
 
 def calibration_edges(n_bins):
