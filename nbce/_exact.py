@@ -207,14 +207,52 @@ def add_digits(bins, pending, special, digits, added):
             special[i] -= math.inf
 
 
+# Base-2**DIGIT_BITS digits of a set of bins: enough for every bin's bits and
+# the carries out of the highest.
+_BIN_DIGITS = _N_BINS // DIGIT_BITS + 4
+
+
+@njit(**_JIT)
+def _bins_to_digits(bins, digits):
+    """The sum of each accumulator's bins as base-2**DIGIT_BITS digits, each in
+    [0, 2**DIGIT_BITS) but the last (signed): bin j's value b * 2**j split
+    over the digits it straddles, then carried."""
+    mask = (1 << DIGIT_BITS) - 1
+    for i in range(bins.shape[0]):
+        for g in range(_BIN_DIGITS):
+            digits[i, g] = 0
+        for j in range(_N_BINS):
+            b = bins[i, j]
+            if b == 0:
+                continue
+            q, shift = j // DIGIT_BITS, j % DIGIT_BITS
+            low = (b & mask) << shift  # below 2**63
+            high = (b >> DIGIT_BITS) << shift  # |high| below 2**62: the sign stays in it
+            digits[i, q] += low & mask
+            digits[i, q + 1] += (low >> DIGIT_BITS) + (high & mask)
+            digits[i, q + 2] += high >> DIGIT_BITS
+        for g in range(_BIN_DIGITS - 1):
+            carry = digits[i, g] >> DIGIT_BITS
+            digits[i, g] -= carry << DIGIT_BITS
+            digits[i, g + 1] += carry
+
+
+def totals(bins, pending, special):
+    """Every accumulator exactly, as ``total`` gives each: one pass over the bins,
+    and one conversion of its digits' bytes to a Python integer per sum."""
+    digits = np.empty((bins.shape[0], _BIN_DIGITS), dtype=np.int64)
+    _bins_to_digits(bins, digits)
+    low = digits[:, :-1].astype("<u4")
+    top = _BIN_DIGITS - 1
+    return [(int.from_bytes(low[i].tobytes(), "little") + (int(digits[i, top]) << (DIGIT_BITS * top)),
+             float(special[i])) for i in range(bins.shape[0])]
+
+
 def total(bins, pending, special, i):
     """Accumulator ``i`` exactly, as ``(n, s)``: the sum is n * 2**-_SHIFT + s, where
     the Python integer n holds every finite addition and the float s is 0.0
     unless a non-finite value was added (then s, +-inf or nan, is the sum)."""
-    row = bins[i]
-    occupied = np.flatnonzero(row)
-    n = sum(int(b) << int(j) for j, b in zip(occupied.tolist(), row[occupied].tolist()))
-    return n, float(special[i])
+    return totals(bins[i:i + 1], pending[i:i + 1], special[i:i + 1])[0]
 
 
 def _divide(n, d):

@@ -28,7 +28,7 @@ from . import _checks, _routing
 from ._arrays import host_array, normalize_axis, reinterpret
 from ._chunks import Chunk, default_chunk_rows, release_written, row_chunks
 from ._dispatch import is_cuda_array
-from ._exact import accumulators, add_digits, export, merge_into, ratio, restore, standard_error, total
+from ._exact import accumulators, add_digits, export, merge_into, ratio, restore, standard_error, totals
 from ._progress import Progress
 from ._tally import (
     BIN_CONFIDENCE,
@@ -308,7 +308,7 @@ class Evaluator:
         """The metrics so far, as an ``EvalResult``; each figure a ratio of exact
         sums rounded once, also when a sum exceeds float64's range."""
         sums, counts = self._snapshot()
-        exact = [total(*sums, i) for i in range(self._layout.size)]
+        exact = totals(*sums)
         layout = self._layout
         total_weight = exact[WEIGHT]
         loss = ratio(exact[LOSS], total_weight)
