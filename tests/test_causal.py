@@ -201,8 +201,11 @@ def peak_mb():  # the high-water mark of the resident set, mapped file pages inc
     return int(status["VmHWM"].split()[0]) / 1024
 
 folder = sys.argv[1]
-nbce.evaluate(np.zeros((2, 3, 8), np.float16), np.zeros((2, 3), np.int64), shift=True,
-              per_token=np.empty((2, 2), np.float32), device="cpu")            # compile first
+from nbce._tally import PARALLEL_ROWS
+
+seq = PARALLEL_ROWS // 2 + 1  # enough rows for the threaded tally to be compiled (or loaded) too
+nbce.evaluate(np.zeros((2, seq, 8), np.float16), np.zeros((2, seq), np.int64), shift=True,
+              per_token=np.empty((2, seq - 1), np.float32), device="cpu")            # compile first
 logits = np.load(folder + "/logits.npy", mmap_mode="r")
 tokens = np.arange(logits.shape[0] * logits.shape[1]).reshape(logits.shape[:2]) % logits.shape[2]
 out = np.lib.format.open_memmap(folder + "/per_token.npy", "w+", np.float32, (logits.shape[0], logits.shape[1] - 1))
