@@ -67,8 +67,20 @@ def state_size(n_sums):
 
 
 @dev.jit(device=True)
+def _add_digits(digits, at, d0, d1, d2):
+    """Add three consecutive digits from ``at`` on (skipping zeros: no atomic for them)."""
+    if d0 != 0:
+        cuda.atomic.add(digits, at, d0)
+    if d1 != 0:
+        cuda.atomic.add(digits, at + 1, d1)
+    if d2 != 0:
+        cuda.atomic.add(digits, at + 2, d2)
+
+
+@dev.jit(device=True)
 def _add_integer(state, held, acc, magnitude, position, negative):
-    """Add +-magnitude * 2**position (magnitude < 2**55, position >= 0) to sum ``acc``."""
+    """Add +-magnitude * 2**position (magnitude < 2**55, position >= 0) to sum ``acc``:
+    into the block's window in shared memory where the digits fall in it, else global."""
     g, s = position // DIGIT_BITS, position % DIGIT_BITS  # its digit, and the shift within it
     low = (magnitude & _DIGIT_MASK) << s
     high = (magnitude >> DIGIT_BITS) << s
@@ -79,20 +91,9 @@ def _add_integer(state, held, acc, magnitude, position, negative):
         d0, d1, d2 = -d0, -d1, -d2
     at = acc * WINDOW + g - WINDOW_FIRST
     if g >= WINDOW_FIRST and g + 2 < WINDOW_FIRST + WINDOW and at + 2 < held.size:
-        if d0 != 0:
-            cuda.atomic.add(held, at, d0)
-        if d1 != 0:
-            cuda.atomic.add(held, at + 1, d1)
-        if d2 != 0:
-            cuda.atomic.add(held, at + 2, d2)
+        _add_digits(held, at, d0, d1, d2)
     else:
-        at = acc * N_DIGITS + g
-        if d0 != 0:
-            cuda.atomic.add(state, at, d0)
-        if d1 != 0:
-            cuda.atomic.add(state, at + 1, d1)
-        if d2 != 0:
-            cuda.atomic.add(state, at + 2, d2)
+        _add_digits(state, acc * N_DIGITS + g, d0, d1, d2)
 
 
 @dev.jit(device=True)
