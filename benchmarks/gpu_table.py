@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -118,6 +119,7 @@ def host_overhead_us(torch, nbce):
               "torch": _wall_us(sync, torch.nn.functional.cross_entropy, x, t),
               "nbce_logsumexp": _wall_us(sync, nbce.logsumexp, x),
               "torch_logsumexp": _wall_us(sync, torch.logsumexp, x, 1)}
+    result.update(_launch_paths_us(sync, nbce, x, t))
     try:
         import cupy
     except ImportError:
@@ -127,6 +129,25 @@ def host_overhead_us(torch, nbce):
     result["nbce_cupy"] = _wall_us(cupy_sync, nbce.cross_entropy, xc, tc)
     result["nbce_cupy_logsumexp"] = _wall_us(cupy_sync, nbce.logsumexp, xc)
     return result
+
+
+def _launch_paths_us(sync, nbce, x, t, rounds=7):
+    """Wall µs per small cross_entropy call launched through cuda.core and
+    through the driver's cuLaunchKernel (``NBCE_CUDA_RAW_LAUNCH``), in
+    alternating rounds in this one process: medians over the rounds."""
+    from nbce.cuda import _device
+
+    if not _device.RAW_LAUNCH_AVAILABLE:
+        return {}
+    default, times = _device.RAW_LAUNCH, {False: [], True: []}
+    try:
+        for _ in range(rounds):
+            for raw in (False, True):
+                _device.RAW_LAUNCH = raw
+                times[raw].append(_wall_us(sync, nbce.cross_entropy, x, t))
+    finally:
+        _device.RAW_LAUNCH = default
+    return {"nbce_core_launch": statistics.median(times[False]), "nbce_raw_launch": statistics.median(times[True])}
 
 
 def _cell(value, fmt):
@@ -219,6 +240,9 @@ def main(argv=None):
     print(f"\nhost overhead, {HOST_SHAPE[0]}×{HOST_SHAPE[1]} float32, wall µs per call (mean of {HOST_CALLS}, "
           f"one synchronisation at the end): cross_entropy nbce {host['nbce']:.1f}, torch {host['torch']:.1f}; "
           f"logsumexp nbce {host['nbce_logsumexp']:.1f}, torch {host['torch_logsumexp']:.1f}")
+    if "nbce_raw_launch" in host:
+        print(f"cross_entropy by launch path (alternating rounds, medians): cuda.core {host['nbce_core_launch']:.1f}, "
+              f"cuLaunchKernel {host['nbce_raw_launch']:.1f}")
     if "nbce_cupy" in host:
         print(f"on CuPy arrays: cross_entropy nbce {host['nbce_cupy']:.1f}, logsumexp nbce "
               f"{host['nbce_cupy_logsumexp']:.1f}")

@@ -1,5 +1,7 @@
 """Pick the backend from where the logits live: CUDA memory -> nbce.cuda, anything else -> nbce.cpu."""
 
+import functools
+
 from . import cpu
 
 # DLPack device types that denote CUDA memory (kDLCUDA, kDLCUDAHost, kDLCUDAManaged)
@@ -39,3 +41,22 @@ def gpu_available():
     except ImportError:
         return False
     return not _device.SIMULATOR and _device.available()
+
+
+def in_device_context(function):
+    """``function`` (a public function whose first argument is the logits), run
+    in one CUDA context block (``nbce.cuda.context``) when that
+    argument is a CUDA array: its CUDA calls then skip the driver's context
+    queries, the larger part of a small call's host time."""
+
+    @functools.wraps(function)
+    def run(first, *args, **kwargs):
+        if not is_cuda_array(first):
+            return function(first, *args, **kwargs)
+        from . import cuda
+
+        cuda.require_device()
+        with cuda.context():
+            return function(first, *args, **kwargs)
+
+    return run

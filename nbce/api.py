@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _checks
 from ._arrays import normalize_axis, result_dtype
-from ._dispatch import backend_for
+from ._dispatch import backend_for, in_device_context
 
 __all__ = [
     "cross_entropy",
@@ -46,6 +46,7 @@ def _scores(values, axis, stream, name="logits"):
     return backend, array, axis, backend.as_rows(array, axis, stream), stream
 
 
+@in_device_context
 def logsumexp(x, *, axis=-1, stream=None):
     r"""Log-sum-exp along ``axis``: :math:`\log \sum_j e^{x_j}`, computed in one pass.
 
@@ -72,6 +73,7 @@ def _normalized(x, axis, exponentiate, out, stream):
     return result if axis == array.ndim - 1 else backend.move_class_axis(result, axis)
 
 
+@in_device_context
 def log_softmax(x, *, axis=-1, out=None, stream=None):
     r"""Log-softmax along ``axis``: :math:`x_i - \log \sum_j e^{x_j}`.
 
@@ -107,6 +109,7 @@ def log_softmax(x, *, axis=-1, out=None, stream=None):
     return _normalized(x, axis, False, out, stream)
 
 
+@in_device_context
 def softmax(x, *, axis=-1, out=None, stream=None):
     r"""Softmax along ``axis``: :math:`e^{x_i} / \sum_j e^{x_j}` (see
     :func:`log_softmax` for :math:`m`, :math:`s`, the NaN rows and ``out``).
@@ -123,6 +126,7 @@ def softmax(x, *, axis=-1, out=None, stream=None):
     return _normalized(x, axis, True, out, stream)
 
 
+@in_device_context
 def entropy(logits, *, axis=-1, stream=None):
     r"""Shannon entropy (nats) of ``softmax(logits)`` along ``axis``.
 
@@ -133,6 +137,7 @@ def entropy(logits, *, axis=-1, stream=None):
     return _row_statistic(logits, "entropy", axis, stream, "logits")
 
 
+@in_device_context
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, input_type="logits", stream=None):
     r"""Cross-entropy between class scores and targets, with PyTorch's semantics.
@@ -217,6 +222,7 @@ def _binary(x, target, weight, pos_weight, reduction, from_logits, stream):
     return backend.wrap_like(result, x)
 
 
+@in_device_context
 def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", stream=None):
     r"""Binary cross-entropy of probabilities, PyTorch's ``binary_cross_entropy``.
 
@@ -232,6 +238,7 @@ def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", stream
     return _binary(probs, target, weight, None, reduction, False, stream)
 
 
+@in_device_context
 def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean",
                                      stream=None):
     r"""Binary cross-entropy of logits, PyTorch's ``binary_cross_entropy_with_logits``.

@@ -42,6 +42,21 @@ def test_direct_launches_equal_numba_cuda_launches(rng, monkeypatch):
         np.testing.assert_array_equal(second, expected)
 
 
+@pytest.mark.skipif(not _device.RAW_LAUNCH_AVAILABLE, reason="raw launches need cuda.bindings")
+def test_raw_launches_equal_cuda_core_launches(rng, monkeypatch):
+    """The words packed for the driver's cuLaunchKernel are the ones cuda.core gets."""
+    from numba import cuda
+
+    calls = _calls(rng, cuda)
+    monkeypatch.setattr(_device, "RAW_LAUNCH", True)
+    raw = [[c().copy_to_host() for _ in range(2)] for c in calls]
+    monkeypatch.setattr(_device, "RAW_LAUNCH", False)
+    core = [c().copy_to_host() for c in calls]
+    for (first, second), expected in zip(raw, core):
+        np.testing.assert_array_equal(first, expected)
+        np.testing.assert_array_equal(second, expected)
+
+
 def test_repeated_calls_do_not_take_numba_cudas_launch_path(rng, monkeypatch):
     from numba import cuda
     from numba.cuda.dispatcher import _Kernel
@@ -65,6 +80,6 @@ def test_a_utility_kernel_launched_directly(rng):
     geometry = cuda.to_device(np.array([[10, -1]], dtype=np.int64))  # reversed
     out = cuda.device_array(10, np.float64)
     for _ in range(2):  # numba-cuda's launch, then the direct one
-        out[:] = np.nan
+        out.copy_to_device(np.full(10, np.nan))  # (numba-cuda's `out[:] =` launches its own one-block kernel)
         _device.launch(kernel, 1, cuda_backend.THREADS, 0, (values, 9, geometry, out))
         np.testing.assert_array_equal(out.copy_to_host(), values.copy_to_host()[::-1])

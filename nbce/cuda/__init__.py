@@ -70,6 +70,9 @@ class DeviceRows:
         return prod(self.batch_shape)
 
 
+context = dev.context
+
+
 def require_device(why="nbce got a CUDA array"):
     """Raise a clear error when CUDA work arrives but no CUDA device can run kernels."""
     if not dev.available():

@@ -7,7 +7,6 @@ conversion, streams.
 
 import collections
 import contextlib
-import ctypes
 import math
 import os
 import threading
@@ -53,9 +52,43 @@ def to_device(array, stream=0):
     return cuda.to_device(array, stream=stream)
 
 
-def copy_to_device(destination, host, stream=0):
-    """Copy the host array ``host`` into the device array ``destination`` on ``stream``."""
-    destination.copy_to_device(host, stream=stream)
+if SIMULATOR:
+    def copy_to_device(destination, host, stream=0):
+        """Copy the host array ``host`` into the device array ``destination`` on ``stream``."""
+        destination.copy_to_device(host, stream=stream)
+
+    def copy_to_host(destination, source, stream=0):
+        """Copy the device array ``source`` into the host array ``destination`` on ``stream``."""
+        source.copy_to_host(destination, stream=stream)
+
+    def context():
+        return contextlib.nullcontext()
+else:
+    from numba.cuda.cudadrv import driver as _driver
+
+    # Both arrays are contiguous and of equal size (the callers' own buffers),
+    # so the copies go straight to the driver: the device array's own methods
+    # check and re-derive both layouts, a few tens of µs per small copy.
+    def copy_to_device(destination, host, stream=0):
+        """Copy the contiguous host array ``host`` into the contiguous device array
+        ``destination`` of the same size on ``stream``."""
+        if host.nbytes:
+            _driver.host_to_device(destination, host.ctypes.data, host.nbytes, stream)
+
+    def copy_to_host(destination, source, stream=0):
+        """Copy the contiguous device array ``source`` into the contiguous host
+        array ``destination`` of the same size on ``stream``."""
+        if destination.nbytes:
+            _driver.device_to_host(destination.ctypes.data, source, destination.nbytes, stream)
+
+    try:  # numba-cuda's per-thread context lookup, entered once per call
+        from numba.cuda.cudadrv.devices import _runtime
+
+        context = _runtime.ensure_context
+    except (ImportError, AttributeError):
+        def context():
+            return contextlib.nullcontext()
+
 
 
 def device_empty(shape, dtype, stream=0):
@@ -74,7 +107,9 @@ def as_device_array(obj, stream=None):
     """
     if is_numba_device_array(obj):
         return obj
-    if not hasattr(obj, "__cuda_array_interface__") and hasattr(obj, "__dlpack__"):
+    # A torch tensor builds its interface dict on every access: read it once.
+    interface = obj.__cuda_array_interface__ if type(obj).__module__ == "torch" else None
+    if interface is None and not hasattr(obj, "__cuda_array_interface__") and hasattr(obj, "__dlpack__"):
         try:
             import cupy
         except ImportError:
@@ -84,9 +119,11 @@ def as_device_array(obj, stream=None):
         obj = cupy.from_dlpack(obj)
     if SIMULATOR or stream is None:
         return cuda.as_cuda_array(obj)
-    interface = obj.__cuda_array_interface__
-    array = cuda.from_cuda_array_interface(interface, owner=obj, sync=False)
+    interface = interface or obj.__cuda_array_interface__
     producer = interface.get("stream")
+    if producer is not None:  # ordered here, below: numba-cuda would wrap the producer's stream on every call
+        interface = {key: value for key, value in interface.items() if key != "stream"}
+    array = cuda.from_cuda_array_interface(interface, owner=obj, sync=False)
     if producer is not None and _stream_handle(producer) != stream_key(stream):
         ready = cuda.event(timing=False)
         ready.record(cuda.external_stream(producer))
@@ -252,10 +289,22 @@ _direct = {}
 # ndim and layout; per scalar its type), then lays the arguments out as the
 # compiled kernel receives them -- per array (meminfo, parent, size,
 # itemsize, data, *shape, *strides) as in numba-cuda's ``_prepare_args`` --
-# and hands them to cuda.core's ``launch``.  Only where numba-cuda has the
+# every one an 8-byte word (a float as its bits; a bool's kernel parameter
+# is the word's low byte), and launches.  Only where numba-cuda has the
 # pieces this relies on (cuda.core launches, 0.30 and later); else every
 # launch takes numba-cuda's own path.
+#
+# With ``NBCE_CUDA_RAW_LAUNCH=1`` the words go to the driver's cuLaunchKernel
+# in one int64 array with an array of pointers to them (the driver copies the
+# parameters at the launch, so both are free as soon as it returns) instead
+# of through cuda.core's ``launch``, which converts each of the row kernel's
+# hundred-odd words on its own.  Both give the same bits on an H200; which is
+# faster was not settled there (separate processes on a noisy host), so
+# cuda.core stays the default until ``benchmarks.gpu_table`` (which times
+# both in one process) says otherwise.
 DIRECT_LAUNCH = False
+RAW_LAUNCH_AVAILABLE = False
+RAW_LAUNCH = False
 if not SIMULATOR:
     try:
         from cuda.core import LaunchConfig as _LaunchConfig
@@ -267,10 +316,18 @@ if not SIMULATOR:
         DIRECT_LAUNCH = hasattr(_Kernel, "_prepare_args") and os.environ.get("NBCE_CUDA_DIRECT_LAUNCH", "1") != "0"
     except ImportError:
         pass
+    try:
+        from cuda.bindings import driver as _bindings
+
+        RAW_LAUNCH_AVAILABLE = DIRECT_LAUNCH
+        RAW_LAUNCH = RAW_LAUNCH_AVAILABLE and os.environ.get("NBCE_CUDA_RAW_LAUNCH", "0") == "1"
+    except ImportError:
+        pass
 
 _INT64 = (-(2**63), 2**63 - 1)
 _NOT_YET = object()
 _KEPT = 1024  # launch configurations and streams kept per kernel
+_WORD = 8
 
 
 def _array_layout(array):
@@ -296,6 +353,11 @@ def _array_fields(array):
     return found
 
 
+def _float_bits(value):
+    """The float64 ``value``'s bits as a signed 64-bit integer."""
+    return int(np.float64(value).view(np.int64))
+
+
 class DirectKernel:
     """A kernel launched by the direct path (see above)."""
 
@@ -310,15 +372,15 @@ class DirectKernel:
         for value in args:
             if isinstance(value, bool):
                 keys.append(bool)
-                words.append(value)
+                words.append(int(value))
             elif isinstance(value, int):
                 if not _INT64[0] <= value <= _INT64[1]:
                     return configure(self._dispatcher, blocks, threads, stream)(*args)
                 keys.append(int)
-                words.append(ctypes.c_int64(value))
+                words.append(value)
             elif isinstance(value, float):
                 keys.append(float)
-                words.append(ctypes.c_double(value))
+                words.append(_float_bits(value))
             elif isinstance(value, cuda.devicearray.DeviceNDArray):
                 key, fields = _array_fields(value)
                 keys.append(key)
@@ -335,10 +397,14 @@ class DirectKernel:
             # launch otherwise, extensions convert arguments: numba-cuda's path.
             plain = (compiled is not None and not getattr(compiled, "debug", False)
                      and not getattr(compiled, "cooperative", False) and not self._dispatcher.extensions)
-            self._compiled[signature] = compiled._codelibrary.get_cufunc().kernel if plain else None
+            function = compiled._codelibrary.get_cufunc() if plain else None
+            self._compiled[signature] = None if function is None else (function.kernel, function.handle)
             return None
         if kernel is None:  # compiled for other types than the arguments': numba-cuda converts them
             return configure(self._dispatcher, blocks, threads, stream)(*args)
+        if RAW_LAUNCH and isinstance(blocks, int) and isinstance(threads, int):
+            self._raw_launch(kernel[1], blocks, threads, stream, words)
+            return None
         config = self._configs.get((blocks, threads))
         if config is None:
             cooperative = {"is_cooperative" if _CORE_1 else "cooperative_launch": False}
@@ -351,8 +417,23 @@ class DirectKernel:
             core_stream = _to_core_stream(stream)
             if len(self._streams) < _KEPT:
                 self._streams[key] = core_stream
-        _core_launch(core_stream, config, kernel, *words)
+        _core_launch(core_stream, config, kernel[0], *words)
         return None
+
+    def _raw_launch(self, handle, blocks, threads, stream, words):
+        """cuLaunchKernel with the words in one array (see above)."""
+        packed = np.array(words, dtype=np.int64)
+        pointers = np.arange(packed.size, dtype=np.int64) * _WORD + packed.ctypes.data
+        key = ("raw", stream_key(stream))
+        handle_of_stream = self._streams.get(key)
+        if handle_of_stream is None:
+            handle_of_stream = _bindings.CUstream(key[1])
+            if len(self._streams) < _KEPT:
+                self._streams[key] = handle_of_stream
+        error, = _bindings.cuLaunchKernel(handle, blocks, 1, 1, threads, 1, 1, 0, handle_of_stream,
+                                          pointers.ctypes.data, 0)
+        if error != _bindings.CUresult.CUDA_SUCCESS:
+            raise RuntimeError(f"cuLaunchKernel failed: {error!r}")
 
 
 # Bytes per wide load: a warp moves 512 bytes per load instruction instead of

@@ -128,7 +128,7 @@ class Workspace:
             host = self._read_back[dtype] = dev.pinned_empty(max(view.size, 1), dtype)
         found = host[: view.size].reshape(view.shape)
         on = stream or self._stream
-        view.copy_to_host(found, stream=on)
+        dev.copy_to_host(found, view, on)
         if on:
             on.synchronize()
         return found
