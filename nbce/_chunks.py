@@ -78,25 +78,41 @@ def _truncated(part, end):
 
 
 def _read(part, file):
-    """``part`` of a read-only file mapping as an in-memory array, read from ``file``
-    with ``pread`` when it is one contiguous byte range or runs of at least
-    ``_MIN_RUN_BYTES``; else ``part`` itself, once the file is checked to be
-    long enough (see the module docstring)."""
+    """``part`` of a read-only file mapping as an in-memory array, read from
+    ``file`` with ``pread``, never through the mapping (a file truncated
+    meanwhile is a ValueError, not a SIGBUS): one read when it is one
+    contiguous byte range; else one per run of at least ``_MIN_RUN_BYTES``;
+    else its covering byte range at once when that is at most
+    ``_SPAN_FACTOR`` times its own bytes (or ``CHUNK_BYTES``); else run by
+    run, however short."""
     if part.size == 0:
         return np.asarray(part)
-    position = _file_position(part)
-    if not (part.flags.c_contiguous or part.flags.f_contiguous):
-        runs = _contiguous_runs(part)
-        if runs is not None:
-            return _read_runs(part, file, position, *runs)
-        end = position + _byte_bounds(part)[1] - _byte_bounds(part)[0]
-        size = os.fstat(file.fileno()).st_size
-        if size < end:
-            raise _truncated(part, size)
-        return part
-    copy = np.empty(part.shape, part.dtype, order="C" if part.flags.c_contiguous else "F")
-    _pread_into(file, copy.reshape(-1, order="A").view(np.uint8), position, part)
-    return copy
+    if part.flags.c_contiguous or part.flags.f_contiguous:
+        copy = np.empty(part.shape, part.dtype, order="C" if part.flags.c_contiguous else "F")
+        _pread_into(file, copy.reshape(-1, order="A").view(np.uint8), _file_position(part), part)
+        return copy
+    # Axes of negative stride are read in file order and turned back (views).
+    backwards = tuple(k for k, stride in enumerate(part.strides) if stride < 0 and part.shape[k] > 1)
+    forwards = np.flip(part, axis=backwards) if backwards else part
+    position = _file_position(forwards)
+    runs = _contiguous_runs(forwards)
+    low, high = _byte_bounds(forwards)
+    if runs is not None:
+        copy = _read_runs(forwards, file, position, *runs)
+    elif high - low <= max(_SPAN_FACTOR * forwards.nbytes, CHUNK_BYTES):
+        copy = _read_span(forwards, file, position, low, high)
+    else:
+        copy = _read_runs(forwards, file, position, *_contiguous_runs(forwards, shortest=forwards.itemsize))
+    return np.flip(copy, axis=backwards) if backwards else copy
+
+
+def _read_span(part, file, position, low, high):
+    """``part`` (non-negative strides) read as the one byte range [low, high)
+    that covers it, then gathered into an array of its own."""
+    span = np.empty(high - low, np.uint8)
+    _pread_into(file, span, position, part)
+    view = np.ndarray(part.shape, part.dtype, buffer=span, offset=part.ctypes.data - low, strides=part.strides)
+    return np.array(view, order="K")
 
 
 def _pread_into(file, data, position, part):
@@ -112,14 +128,18 @@ def _pread_into(file, data, position, part):
 # A run of at least this many bytes is read with a pread of its own: a chunk of
 # class-axis-first float32 logits (64 MiB by default) has runs of 2 KiB at
 # 32000 classes, 32768 reads of about a microsecond each, a price worth not
-# dying of SIGBUS; runs shorter than this are scored through the mapping.
+# dying of SIGBUS.  Shorter runs are read with the bytes between them when
+# those are at most _SPAN_FACTOR times the runs' own (or CHUNK_BYTES in all):
+# more bytes, far fewer reads.
 _MIN_RUN_BYTES = 512
+_SPAN_FACTOR = 4
 
 
-def _contiguous_runs(part):
-    """(order, axes) when ``part`` is made of byte runs of at least _MIN_RUN_BYTES,
-    each contiguous in C order over its last ``axes`` axes (order "C") or in
-    Fortran order over its first (order "F"), with non-negative strides; else None."""
+def _contiguous_runs(part, shortest=_MIN_RUN_BYTES):
+    """(order, axes) when ``part`` is made of byte runs of at least ``shortest``
+    bytes, each contiguous in C order over its last ``axes`` axes (order "C")
+    or in Fortran order over its first (order "F"), with non-negative strides;
+    else None."""
     for order, shape, strides in (("C", part.shape, part.strides), ("F", part.shape[::-1], part.strides[::-1])):
         run, axes = part.itemsize, 0
         for n, stride in zip(reversed(shape), reversed(strides)):
@@ -127,7 +147,7 @@ def _contiguous_runs(part):
                 break
             run *= n
             axes += 1
-        if axes < len(shape) and run >= _MIN_RUN_BYTES and min(part.strides) >= 0:
+        if axes < len(shape) and run >= shortest and min((s for n, s in zip(shape, strides) if n > 1), default=0) >= 0:
             return order, axes
     return None
 
@@ -140,7 +160,7 @@ def _read_runs(part, file, position, order, axes):
     outer_strides = part.strides[: part.ndim - axes] if order == "C" else part.strides[axes:]
     for index in np.ndindex(*outer):
         offset = sum(i * stride for i, stride in zip(index, outer_strides))
-        target = copy[index] if order == "C" else copy[(Ellipsis, *index)]
+        target = copy[(*index, Ellipsis)] if order == "C" else copy[(Ellipsis, *index)]  # views, also of one element
         _pread_into(file, target.reshape(-1, order="A").view(np.uint8), position + offset, part)
     return copy
 
@@ -179,7 +199,8 @@ def default_chunk_rows(logits, axis):
         return 1
     if is_cuda_array(logits):
         along = chunk_axis(axis)
-        rows_per_index = logits.size // max(1, logits.shape[along] * logits.shape[axis])
+        # prod(shape), not .size: a torch tensor's size is a method
+        rows_per_index = prod(logits.shape) // max(1, logits.shape[along] * logits.shape[axis])
         return max(1, min(logits.shape[along], CUDA_CHUNK_ROWS // max(1, rows_per_index)))
     along = chunk_axis(axis)
     per_index = logits.nbytes // max(1, logits.shape[along])

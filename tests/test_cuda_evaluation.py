@@ -151,6 +151,24 @@ def test_device_logits_of_many_short_rows_are_chunked_by_rows(monkeypatch, rng):
     assert len(calls) == 8
 
 
+def test_chunking_of_device_logits_reads_no_size_attribute(monkeypatch):
+    """A torch tensor's ``size`` is a method: the default chunking of CUDA
+    logits goes by their shape (it once computed ``size // ...`` and failed
+    on every torch tensor)."""
+    import nbce._chunks
+
+    class TensorLike:  # the torch attributes default_chunk_rows may read
+        __cuda_array_interface__ = {}
+        shape = (40, 3, 7)
+        ndim = 3
+
+        def size(self, dim=None):
+            return self.shape if dim is None else self.shape[dim]
+
+    monkeypatch.setattr(nbce._chunks, "CUDA_CHUNK_ROWS", 16)
+    assert nbce._chunks.default_chunk_rows(TensorLike(), -1) == 5  # 3 rows an index
+
+
 def test_threads_sharing_a_stream_have_workspaces_of_their_own():
     """Host targets are uploaded into the workspace between a call's launches:
     two threads on one stream must not share it."""

@@ -160,6 +160,37 @@ def test_strided_chunks_of_a_mapped_file_are_read_run_by_run(tmp_path, rng, layo
             _read(part, file)
 
 
+SHORT_RUN_PARTS = {
+    "runs of 40 bytes": lambda m: m[:, 1000:1010],
+    "single elements": lambda m: m[::2, 7:3000:3],
+    "reversed rows": lambda m: m[::-1, 1000:1010],
+    "reversed classes": lambda m: m[:, 1010:1000:-1],
+}
+
+
+@pytest.mark.parametrize("span_bytes", [None, 1024])
+@pytest.mark.parametrize("name", SHORT_RUN_PARTS)
+def test_chunks_of_short_runs_are_read_not_mapped(tmp_path, rng, monkeypatch, name, span_bytes):
+    """Chunks of runs under 512 bytes (any strides) are read with pread too:
+    the covering byte range when it is small enough, else run by run (forced
+    here by a small CHUNK_BYTES), never through the mapping."""
+    import nbce._chunks
+    from nbce._chunks import _read
+
+    if span_bytes:
+        monkeypatch.setattr(nbce._chunks, "CHUNK_BYTES", span_bytes)
+    np.save(tmp_path / "logits.npy", make_logits(rng, (5, 3000), "float32"))
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+    part = SHORT_RUN_PARTS[name](mapped)
+    with open(tmp_path / "logits.npy", "rb") as file:
+        read = _read(part, file)
+        assert not isinstance(read, np.memmap) and not np.shares_memory(read, mapped)
+        np.testing.assert_array_equal(read, part)
+        os.truncate(tmp_path / "logits.npy", 8192)
+        with pytest.raises(ValueError, match="before the array's end"):
+            _read(part, file)
+
+
 def test_all_equal_logits_tie_in_the_targets_favour():
     x = np.zeros((6, 4), np.float32)
     result = nbce.evaluate(x, np.array([0, 1, 2, 3, 0, 1]), top_k=(1, 2))
