@@ -11,11 +11,13 @@ no page of the mapping becomes resident, so memory stays at a chunk or two.
 
 A chunk that is not contiguous in the file (class axis first, Fortran order)
 but made of contiguous runs of at least 512 bytes is read the same way, one
-``pread`` per run.  A chunk of shorter runs is scored through the mapping: its pages are dropped from the mapping after
-use (``MADV_DONTNEED``: for a shared file mapping the data stay in the page
-cache and a later read faults them back in) and the next chunk is announced
-(``MADV_WILLNEED``); the file's size is checked before each chunk, which
-narrows, but cannot close, the window in which a truncation kills the process.
+``pread`` per run.  A chunk of shorter runs (or negative strides) is read as
+the byte range that covers it when that range is at most four times the
+chunk's own bytes or ``CHUNK_BYTES``, else run by run however short.
+Mappings nbce cannot reopen (no file name, copy-on-write ones) are scored
+through the mapping: their pages are dropped after use (``MADV_DONTNEED``:
+for a shared file mapping the data stay in the page cache and a later read
+faults them back in) and the next chunk is announced (``MADV_WILLNEED``).
 """
 
 import ctypes

@@ -14,6 +14,7 @@ bfloat16 (and would copy), and its torch reader needs torch.
 import json
 import os
 import stat
+import threading
 import zipfile
 import zlib
 from math import prod
@@ -30,6 +31,7 @@ _LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra
 # which are memory-mapped instead.
 MAX_INFLATED_BYTES = 2**30
 _INFLATE_STEP = 2**20  # bytes inflated per read
+CHECKSUM_STEP = 2**24  # bytes read per step of a stored member's CRC-32
 # safetensors dtype names -> NumPy (all little-endian); BF16 needs ml_dtypes.
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
                        "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
@@ -43,7 +45,7 @@ class InputError(ValueError):
     """A file argument that cannot be read as an array."""
 
 
-def open_array(spec):
+def open_array(spec, checks=None):
     """A read-only array for ``path.npy``, ``path.npz:key`` or ``path.safetensors:key``
     (no key when the file holds one array).
 
@@ -51,6 +53,11 @@ def open_array(spec):
     memory-mapped; compressed members (``np.savez_compressed``) are inflated
     into memory, since they cannot be mapped, up to ``MAX_INFLATED_BYTES``.
     Only regular files are opened (a FIFO or a device would block or never end).
+
+    ``checks``: a list that receives, for an uncompressed ``.npz`` member, a
+    started ``MemberChecksum`` (its CRC-32 computed beside whatever reads the
+    array; call ``verify()`` before trusting a result).  Compressed members
+    are checked as they are inflated.
     """
     path, key = _split_spec(spec)
     with _open_regular(path) as f:  # every later read goes through f, the file that was checked
@@ -63,7 +70,7 @@ def open_array(spec):
                 raise InputError(f"{path}: a .npy file holds one array; drop ':{key}'")
             return _map(f, path, os.fstat(f.fileno()).st_size)
         if magic.startswith(_ZIP_MAGIC):
-            return _npz_member(f, path, key)
+            return _npz_member(f, path, key, checks)
     raise InputError(f"{path}: not a .npy or .npz file (expected NumPy's format, see numpy.save; a safetensors file needs its .safetensors suffix)")
 
 
@@ -132,7 +139,7 @@ def _map(f, label, end):
     return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
-def _npz_member(f, path, key):
+def _npz_member(f, path, key, checks=None):
     try:
         archive = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
@@ -142,7 +149,7 @@ def _npz_member(f, path, key):
         info = archive.getinfo(key + ".npy")
         label = f"{path}:{key}"
         if info.compress_type == zipfile.ZIP_STORED:
-            return _mapped_member(f, info, label)
+            return _mapped_member(f, info, label, checks)
         if info.compress_type != zipfile.ZIP_DEFLATED:
             raise InputError(f"{label} uses zip compression method {info.compress_type}; nbce reads "
                              "NumPy's own: stored (np.savez) or deflated (np.savez_compressed)")
@@ -163,8 +170,9 @@ def _choose(path, key, names, what):
     return key
 
 
-def _mapped_member(f, info, label):
-    """Map an uncompressed member: its bytes are a .npy file inside the zip file ``f``."""
+def _mapped_member(f, info, label, checks=None):
+    """Map an uncompressed member: its bytes are a .npy file inside the zip file ``f``
+    (and start its checksum when ``checks`` is a list, see ``open_array``)."""
     f.seek(info.header_offset)
     header = f.read(_LOCAL_HEADER)
     if len(header) < _LOCAL_HEADER or not header.startswith(_ZIP_MAGIC):
@@ -173,7 +181,51 @@ def _mapped_member(f, info, label):
     extra_length = int.from_bytes(header[28:30], "little")
     start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
     f.seek(start)
-    return _map(f, label, min(start + info.file_size, os.fstat(f.fileno()).st_size))
+    array = _map(f, label, min(start + info.file_size, os.fstat(f.fileno()).st_size))
+    if checks is not None:
+        checks.append(MemberChecksum(f, start, info.file_size, info.CRC, label))
+    return array
+
+
+class MemberChecksum:
+    """The CRC-32 of a stored ``.npz`` member, computed on a thread of its own
+    from a duplicate of the file's descriptor, ``CHECKSUM_STEP`` bytes per read
+    (zlib releases the GIL while it sums: the scoring runs on meanwhile), and
+    compared with the archive's record by ``verify``.
+
+    A stored member is memory-mapped, never read whole, so nothing else would
+    notice damaged bytes: they would be scored as logits."""
+
+    def __init__(self, f, start, size, expected, label):
+        self.label, self._expected, self._found, self._error = label, expected, None, None
+        self._descriptor = os.dup(f.fileno())
+        self._thread = threading.Thread(target=self._run, args=(start, size), name="nbce-npz-crc", daemon=True)
+        self._thread.start()
+
+    def _run(self, start, size):
+        try:
+            crc, done = 0, 0
+            while done < size:
+                piece = os.pread(self._descriptor, min(CHECKSUM_STEP, size - done), start + done)
+                if not piece:
+                    self._error = f"the file ends {size - done:,} bytes before the member's end"
+                    return
+                crc = zlib.crc32(piece, crc)
+                done += len(piece)
+            self._found = crc
+        except OSError as error:
+            self._error = f"cannot read it ({error.strerror or error})"
+        finally:
+            os.close(self._descriptor)
+
+    def verify(self):
+        """Wait for the checksum; InputError when the member's bytes are not the archive's."""
+        self._thread.join()
+        if self._error is not None:
+            raise InputError(f"{self.label}: a damaged .npz member ({self._error})")
+        if self._found != self._expected:
+            raise InputError(f"{self.label}: a damaged .npz member (CRC-32 {self._found:08x}, "
+                             f"the archive records {self._expected:08x})")
 
 
 def _inflate(archive, info, label):

@@ -192,13 +192,20 @@ def _score(args):
 
     from ._arrays import reinterpret
 
+    checks = []  # stored .npz members' CRC-32, summed while they are scored
     try:
-        logits, targets = open_array(args.logits), open_array(args.targets)
+        logits, targets = open_array(args.logits, checks), open_array(args.targets, checks)
         logits = reinterpret(logits, args.dtype)
     except (InputError, OSError, TypeError, RuntimeError) as error:
         raise _Fail(f"{args.logits}: {error}" if isinstance(error, (TypeError, RuntimeError)) else str(error)) from None
     _check_shapes(logits, targets, args)
-    result, seconds = _run_evaluation(logits, targets, args, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        result, seconds = _run_evaluation(logits, targets, args,
+                                          progress=not args.no_progress and sys.stderr.isatty())
+    except _Fail:
+        _verify(checks)  # damaged bytes explain a failure better than what they caused (a target out of range)
+        raise
+    _verify(checks)
     throughput = {"seconds": seconds, "rows_per_second": result.count / seconds if seconds else None,
                   "gb_per_second": logits.nbytes / seconds / 1e9 if seconds else None}
     if result.pipeline is not None:  # host files streamed through the GPU: its stages
@@ -211,6 +218,17 @@ def _score(args):
         print(_table(result, f"{args.logits} {_describe(logits)}", seconds, logits.nbytes,
                      args.calibration_bins))
     return 0
+
+
+def _verify(checks):
+    """Wait for the inputs' checksums (``_files.MemberChecksum``); one line on a mismatch."""
+    from ._files import InputError
+
+    try:
+        for check in checks:
+            check.verify()
+    except InputError as error:
+        raise _Fail(str(error)) from None
 
 
 def _check_shapes(logits, targets, args):

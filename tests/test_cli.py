@@ -222,6 +222,10 @@ def _damaged_archives(tmp_path, x):
     bad_crc[central + 16] ^= 0xFF  # the CRC-32 that the central directory records
     (tmp_path / "crc.npz").write_bytes(bytes(bad_crc))
     cases.append(("crc.npz:x", "CRC"))
+    flipped = bytearray(stored)  # a stored member is mapped, not inflated: its CRC is summed beside the scoring
+    flipped[stored.index(b"PK\x01\x02") - 8] ^= 0x01  # a logit's low bit: still a finite number, scored fine
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    cases.append(("flipped.npz:x", "a damaged .npz member (CRC-32"))
     for name, compression in (("foreign.npz", zipfile.ZIP_STORED), ("foreign_packed.npz", zipfile.ZIP_DEFLATED)):
         with zipfile.ZipFile(tmp_path / name, "w", compression) as archive:
             archive.writestr("x.npy", b"not a NumPy array at all")
@@ -238,6 +242,17 @@ def _damaged_archives(tmp_path, x):
         archive.writestr("x.npy", _npy_bytes(x)[:-40])
     cases.append(("short_packed.npz:x", "bytes follow the header"))
     return cases
+
+
+def test_a_damaged_stored_target_member_is_named_rather_than_its_symptom(files, tmp_path):
+    """Damaged target bytes make a target out of range; the error names the damage."""
+    folder, x, t = files
+    np.savez(tmp_path / "targets.npz", t=t)
+    data = bytearray((tmp_path / "targets.npz").read_bytes())
+    data[data.index(b"PK\x01\x02") - 1] = 0x7F  # the last target's high byte: far out of range
+    (tmp_path / "targets.npz").write_bytes(bytes(data))
+    _assert_one_line_status_2(*_score_in_a_process(folder / "logits.npy", f"{tmp_path / 'targets.npz'}:t"),
+                              "a damaged .npz member (CRC-32")
 
 
 def test_damaged_archives_are_one_line_and_status_2(files, tmp_path):
