@@ -84,14 +84,17 @@ def load_row(base, geom, n, r):
 # ``_rows.column_sums``): groups of a multiple of LANES rows (whole vectors of
 # rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
 # rows are read one by one (``_rows.short_row_sums`` up to a block,
-# ``_rows.row_sums`` beyond), about GROUP_ELEMENTS entries and at most
-# GROUP_ROWS rows a group.  SHORT_ROW is where the two
+# ``_rows.row_sums`` beyond): LANES rows a group up to MID_ROW entries, since
+# a group's tables are LANES columns wide whatever its rows (fewer rows, e.g.
+# 4 of 1000 entries, paid the logarithms of 128 columns for 4: 40 % of a
+# 16384×1000 cross_entropy), and one row a group beyond (a table of one
+# column).  SHORT_ROW is where the two layouts
 # cost the same (README, "Performance").  The grouping depends on the row
 # length only, never on the thread count, and a row's arithmetic does not
 # depend on its place in the group (``lanes``), so results are reproducible.
 GROUP_ELEMENTS = 4096
-GROUP_ROWS = 64
 SHORT_ROW = 48
+MID_ROW = 2048
 # Columns of the per-group arrays: a multiple of every vector loop's step
 # (vector width times interleave: 64 float32 values for AVX-512, with room
 # for a larger interleave); see ``lanes``.
@@ -102,7 +105,9 @@ LANES = 128
 def rows_per_group(n_classes):
     if n_classes <= SHORT_ROW:
         return max(LANES, GROUP_ELEMENTS // n_classes // LANES * LANES)
-    return max(1, min(GROUP_ROWS, GROUP_ELEMENTS // n_classes))
+    if n_classes <= MID_ROW:
+        return LANES
+    return 1
 
 
 @njit(**JIT_OPTIONS)
