@@ -207,6 +207,7 @@ def test_pipeline_reads_the_next_chunk_before_waiting_for_the_last(monkeypatch, 
             yield chunk
 
     monkeypatch.setattr(pipeline.dev, "stream", logged_stream)
+    pipeline.release_slots()  # this thread's slots, kept from earlier tests: made anew, on the logged streams
     x = make_logits(rng, (40, 5), "float32")
     t = targets_for(rng, (40, 5), -1)
     evaluator = nbce.Evaluator()
@@ -215,6 +216,28 @@ def test_pipeline_reads_the_next_chunk_before_waiting_for_the_last(monkeypatch, 
     assert log[:waits[2] + 1] == ["new stream", "new stream", "read 0", "read 10", "read 20", "wait A", "read 30",
                               "wait B", "wait A"]  # chunk 0 waited for after chunk 2 was read, 1 after 3
     assert_matches(evaluator.compute(), ref.evaluation(x, t), "float32")
+
+
+def test_host_streaming_allocates_its_buffers_once(rng, monkeypatch):
+    """The pipeline's page-locked and device buffers (and streams) are made by
+    the first streamed evaluation and reused by the next ones."""
+    from nbce.cuda import pipeline
+
+    made = []
+    for name in ("pinned_empty", "device_empty", "stream"):
+        real = getattr(pipeline.dev, name)
+        monkeypatch.setattr(pipeline.dev, name, lambda *a, _real=real, _name=name, **k: (made.append(_name), _real(*a, **k))[1])
+    pipeline.release_slots()
+    x = make_logits(rng, (40, 5), "float32")
+    t = targets_for(rng, (40, 5), -1)
+    first = nbce.evaluate(x, t, device="cuda", chunk_rows=10)
+    assert sorted(set(made)) == ["device_empty", "pinned_empty", "stream"]
+    made.clear()
+    assert nbce.evaluate(x, t, device="cuda", chunk_rows=10) == first
+    assert made == []
+    pipeline.release_slots()
+    nbce.evaluate(x, t, device="cuda", chunk_rows=10)
+    assert made.count("stream") == 2
 
 
 def test_pipeline_overlap_is_the_share_of_the_possible_overlap_reached():

@@ -10,6 +10,7 @@ figures are copied back only when the caller asked for them (per-token or
 per-sequence results).
 """
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -137,12 +138,44 @@ class _Slot:
             evaluator._tally(results, weights)
 
 
+# The two slots of each (thread, GPU), kept from one call to the next: their
+# page-locked staging buffers, device buffers and streams are allocated by the
+# first call only.  Page-locking 64 MiB takes milliseconds, and freeing device
+# memory waits for the whole device, so per call these would cost more than
+# the chunks' copies, outside every timed stage.
+_kept = threading.local()
+
+
+def _slots():
+    """The calling thread's two slots on the current GPU (made on first use)."""
+    by_device = getattr(_kept, "slots", None)
+    if by_device is None:
+        by_device = _kept.slots = {}
+    device = dev.current_device_id()
+    found = by_device.get(device)
+    if found is None:
+        found = by_device[device] = [_Slot(dev.stream()), _Slot(dev.stream())]
+    return found
+
+
+def release_slots():
+    """Free the calling thread's page-locked and device buffers of host
+    streaming (two chunks' worth per GPU); the next streamed evaluation makes
+    new ones."""
+    for slots in getattr(_kept, "slots", {}).values():
+        for slot in slots:
+            slot.stream.synchronize()
+            release(slot.stream)  # the slot's stream is dropped: so is its workspace
+    _kept.slots = {}
+
+
 def stream_host_chunks(evaluator, chunks, progress):
     """Score host ``chunks`` (``nbce._chunks.Chunk``) on the GPU into ``evaluator``;
-    returns ``PipelineTimings``."""
+    returns ``PipelineTimings``.  The slots' buffers are kept for the next
+    call (``release_slots`` frees them)."""
     from ..evaluation import row_weights
 
-    slots = [_Slot(dev.stream()), _Slot(dev.stream())]
+    slots = _slots()
     timings = PipelineTimings()
     start = time.perf_counter()
     try:
@@ -159,8 +192,8 @@ def stream_host_chunks(evaluator, chunks, progress):
         cuda_backend.settle_sums(evaluator)  # one copy back per stream
     finally:
         cuda_backend.settle_sums(evaluator, keep=False)  # after an error, drop the chunks' sums
-        for slot in slots:  # after an error, leave no copy running into buffers about to be freed
+        for slot in slots:  # after an error, leave no copy running into the buffers the next call fills
             slot.stream.synchronize()
-            release(slot.stream)  # the slot's stream is dropped: so is its workspace
+            slot.pending = None
     timings.wall_s = time.perf_counter() - start
     return timings
