@@ -10,14 +10,15 @@ naming the file.  The kernel's read-ahead follows the sequential reads, and
 no page of the mapping becomes resident, so memory stays at a chunk or two.
 
 A chunk that is not contiguous in the file (class axis first, Fortran order)
-but made of contiguous runs of at least 512 bytes is read the same way, one
-``pread`` per run.  A chunk of shorter runs (or negative strides) is read as
-the byte range that covers it when that range is at most four times the
-chunk's own bytes or ``CHUNK_BYTES``, else run by run however short.
-Mappings nbce cannot reopen (no file name, copy-on-write ones) are scored
-through the mapping: their pages are dropped after use (``MADV_DONTNEED``:
-for a shared file mapping the data stay in the page cache and a later read
-faults them back in) and the next chunk is announced (``MADV_WILLNEED``).
+is read the same way: one ``pread`` per contiguous run when the runs lie far
+apart (16 KiB or more of file per run), else the byte range that covers it,
+in windows of at most ``CHUNK_BYTES`` (the bytes between runs are read too,
+and dropped); axes of negative stride are read in file order.  Mappings nbce
+cannot reopen (no file name, copy-on-write or writable ones) are scored
+through the mapping: their pages are dropped after use where that is safe
+(``MADV_DONTNEED`` on a shared file mapping: the data stay in the page cache
+and a later read faults them back in) and the next chunk is announced
+(``MADV_WILLNEED``).
 """
 
 import ctypes
@@ -83,10 +84,9 @@ def _read(part, file):
     """``part`` of a read-only file mapping as an in-memory array, read from
     ``file`` with ``pread``, never through the mapping (a file truncated
     meanwhile is a ValueError, not a SIGBUS): one read when it is one
-    contiguous byte range; else one per run of at least ``_MIN_RUN_BYTES``;
-    else its covering byte range at once when that is at most
-    ``_SPAN_FACTOR`` times its own bytes (or ``CHUNK_BYTES``); else run by
-    run, however short."""
+    contiguous byte range; else one read per contiguous run when the bytes
+    between runs are many (``_BYTES_PER_READ`` a run or more), else the
+    covering byte range in windows of at most ``CHUNK_BYTES``."""
     if part.size == 0:
         return np.asarray(part)
     if part.flags.c_contiguous or part.flags.f_contiguous:
@@ -97,26 +97,36 @@ def _read(part, file):
     backwards = tuple(k for k, stride in enumerate(part.strides) if stride < 0 and part.shape[k] > 1)
     forwards = np.flip(part, axis=backwards) if backwards else part
     position = _file_position(forwards)
-    runs = _contiguous_runs(forwards)
+    order, axes = _contiguous_runs(forwards)
+    run_bytes = forwards.itemsize * prod(forwards.shape[forwards.ndim - axes:] if order == "C" else forwards.shape[:axes])
     low, high = _byte_bounds(forwards)
-    if runs is not None:
-        copy = _read_runs(forwards, file, position, *runs)
-    elif high - low <= max(_SPAN_FACTOR * forwards.nbytes, CHUNK_BYTES):
-        copy = _read_span(forwards, file, position, low, high)
+    if high - low >= forwards.nbytes // run_bytes * _BYTES_PER_READ:
+        copy = _read_runs(forwards, file, position, order, axes)
     else:
-        copy = _read_runs(forwards, file, position, *_contiguous_runs(forwards, shortest=forwards.itemsize))
+        copy = np.empty(forwards.shape, forwards.dtype)
+        _read_windows(forwards, file, position, copy)
     return np.flip(copy, axis=backwards) if backwards else copy
 
 
-def _read_span(part, file, position, low, high):
-    """``part`` (non-negative strides) read as the one byte range [low, high)
-    that covers it, then gathered into an array of its own."""
-    span = np.empty(high - low, np.uint8)
-    _pread_into(file, span, position, part)
-    view = np.ndarray(part.shape, part.dtype, buffer=span, offset=part.ctypes.data - low, strides=part.strides)
-    return np.array(view, order="K")
-
-
+def _read_windows(part, file, position, out):
+    """Fill ``out`` with ``part`` (non-negative strides; its first byte at file
+    ``position``): its covering byte range read at once when it is at most
+    ``CHUNK_BYTES``, else split along its axis of largest stride into pieces
+    that fit, each read the same way."""
+    low, high = _byte_bounds(part)
+    if high - low <= CHUNK_BYTES or part.size == 1:
+        span = np.empty(high - low, np.uint8)
+        _pread_into(file, span, position, part)
+        out[...] = np.ndarray(part.shape, part.dtype, buffer=span, offset=part.ctypes.data - low, strides=part.strides)
+        return
+    axis = max((k for k in range(part.ndim) if part.shape[k] > 1), key=lambda k: part.strides[k])
+    stride = part.strides[axis]
+    one_index = high - low - (part.shape[axis] - 1) * stride  # the bytes one index along ``axis`` covers
+    step = 1 + max(0, CHUNK_BYTES - one_index) // stride
+    for start in range(0, part.shape[axis], step):
+        where = (slice(None),) * axis + (slice(start, start + step),)
+        piece = part[where]
+        _read_windows(piece, file, position + _byte_bounds(piece)[0] - low, out[where])
 def _pread_into(file, data, position, part):
     """Fill the bytes ``data`` from ``file`` at ``position``; ValueError if the file ends first."""
     done = 0
@@ -127,21 +137,21 @@ def _pread_into(file, data, position, part):
         done += n
 
 
-# A run of at least this many bytes is read with a pread of its own: a chunk of
-# class-axis-first float32 logits (64 MiB by default) has runs of 2 KiB at
-# 32000 classes, 32768 reads of about a microsecond each, a price worth not
-# dying of SIGBUS.  Shorter runs are read with the bytes between them when
-# those are at most _SPAN_FACTOR times the runs' own (or CHUNK_BYTES in all):
-# more bytes, far fewer reads.
-_MIN_RUN_BYTES = 512
-_SPAN_FACTOR = 4
+# A run is read with a pread of its own when the bytes between runs average at
+# least this many: a pread costs about as much as copying 16 KiB from the
+# page cache.  A chunk of class-axis-first float32 logits (64 MiB by default)
+# has runs of 2 KiB at 32000 classes, far apart: 32768 reads of about a
+# microsecond each.  Runs closer together (short rows of a Fortran-order
+# array, say) are read with the bytes between them, a window at a time.
+_BYTES_PER_READ = 16 * 2**10
 
 
-def _contiguous_runs(part, shortest=_MIN_RUN_BYTES):
-    """(order, axes) when ``part`` is made of byte runs of at least ``shortest``
-    bytes, each contiguous in C order over its last ``axes`` axes (order "C")
-    or in Fortran order over its first (order "F"), with non-negative strides;
-    else None."""
+def _contiguous_runs(part):
+    """(order, axes) of a ``part`` with non-negative strides (length-1 axes
+    aside): its elements form byte runs, each contiguous in C order over its
+    last ``axes`` axes (order "C") or in Fortran order over its first (order
+    "F"), whichever makes the longer runs."""
+    found = []
     for order, shape, strides in (("C", part.shape, part.strides), ("F", part.shape[::-1], part.strides[::-1])):
         run, axes = part.itemsize, 0
         for n, stride in zip(reversed(shape), reversed(strides)):
@@ -149,9 +159,9 @@ def _contiguous_runs(part, shortest=_MIN_RUN_BYTES):
                 break
             run *= n
             axes += 1
-        if axes < len(shape) and run >= shortest and min((s for n, s in zip(shape, strides) if n > 1), default=0) >= 0:
-            return order, axes
-    return None
+        found.append((run, order, axes))
+    run, order, axes = max(found, key=lambda f: f[0])
+    return order, axes
 
 
 def _read_runs(part, file, position, order, axes):

@@ -1,6 +1,7 @@
 """Pick the backend from where the logits live: CUDA memory -> nbce.cuda, anything else -> nbce.cpu."""
 
 import functools
+import inspect
 
 from . import cpu
 
@@ -44,19 +45,22 @@ def gpu_available():
 
 
 def in_device_context(function):
-    """``function`` (a public function whose first argument is the logits), run
-    in one CUDA context block (``nbce.cuda.context``) when that
-    argument is a CUDA array: its CUDA calls then skip the driver's context
-    queries, the larger part of a small call's host time."""
+    """``function`` (a public function whose first parameter is the logits), run
+    in one CUDA context block (``nbce.cuda.context``) when that argument is a
+    CUDA array: its CUDA calls then skip the driver's context queries, the
+    larger part of a small call's host time.  The argument may be passed by
+    position or by name."""
+    first_name = next(iter(inspect.signature(function).parameters))
 
     @functools.wraps(function)
-    def run(first, *args, **kwargs):
+    def run(*args, **kwargs):
+        first = args[0] if args else kwargs.get(first_name)
         if not is_cuda_array(first):
-            return function(first, *args, **kwargs)
+            return function(*args, **kwargs)
         from . import cuda
 
         cuda.require_device()
         with cuda.context():
-            return function(first, *args, **kwargs)
+            return function(*args, **kwargs)
 
     return run

@@ -200,7 +200,11 @@ class MemberChecksum:
         self.label, self._expected, self._found, self._error = label, expected, None, None
         self._descriptor = os.dup(f.fileno())
         self._thread = threading.Thread(target=self._run, args=(start, size), name="nbce-npz-crc", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            os.close(self._descriptor)
+            raise
 
     def _run(self, start, size):
         try:
@@ -215,14 +219,16 @@ class MemberChecksum:
             self._found = crc
         except OSError as error:
             self._error = f"cannot read it ({error.strerror or error})"
+        except BaseException as error:  # noqa: BLE001 - reported by verify, in the caller's thread
+            self._error = f"its checksum failed ({type(error).__name__}: {error})"
         finally:
             os.close(self._descriptor)
 
     def verify(self):
         """Wait for the checksum; InputError when the member's bytes are not the archive's."""
         self._thread.join()
-        if self._error is not None:
-            raise InputError(f"{self.label}: a damaged .npz member ({self._error})")
+        if self._error is not None or self._found is None:
+            raise InputError(f"{self.label}: a damaged .npz member ({self._error or 'no checksum'})")
         if self._found != self._expected:
             raise InputError(f"{self.label}: a damaged .npz member (CRC-32 {self._found:08x}, "
                              f"the archive records {self._expected:08x})")

@@ -49,7 +49,11 @@ def test_raw_launches_equal_cuda_core_launches(rng, monkeypatch):
 
     calls = _calls(rng, cuda)
     monkeypatch.setattr(_device, "RAW_LAUNCH", True)
+    taken = []
+    real = _device.DirectKernel._raw_launch
+    monkeypatch.setattr(_device.DirectKernel, "_raw_launch", lambda self, *a: (taken.append(1), real(self, *a))[1])
     raw = [[c().copy_to_host() for _ in range(2)] for c in calls]
+    assert taken  # the second call of each went through cuLaunchKernel
     monkeypatch.setattr(_device, "RAW_LAUNCH", False)
     core = [c().copy_to_host() for c in calls]
     for (first, second), expected in zip(raw, core):

@@ -65,13 +65,18 @@ def test_evaluate_takes_torch_tensors(logits):
                    "float32")
 
 
-def test_work_runs_on_torch_current_stream(logits):
+def test_work_runs_on_torch_current_stream(logits, monkeypatch):
     t = torch.randint(0, 1000, (64,), device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
+    launched_on = []
+    real = cuda_backend.dev.launch
+    monkeypatch.setattr(cuda_backend.dev, "launch", lambda kernel, blocks, threads, stream, args: (
+        launched_on.append(cuda_backend.dev.stream_key(stream)), real(kernel, blocks, threads, stream, args))[1])
     with torch.cuda.stream(side):
         ours = nbce.cross_entropy(logits, t, reduction="none")
         lse = nbce.logsumexp(logits)
     side.synchronize()
+    assert launched_on and set(launched_on) == {side.cuda_stream}
     close(ours, F.cross_entropy(logits.double(), t, reduction="none"))
     close(lse, torch.logsumexp(logits.double(), 1))

@@ -298,3 +298,15 @@ def test_host_probability_targets_beside_device_logits(backend, rng):
     np.testing.assert_allclose(got, nbce.cross_entropy(x, p, reduction="none"), rtol=1e-12)
     got = backend.to_host(nbce.binary_cross_entropy_with_logits(backend.to_device(x), p, reduction="none"))
     np.testing.assert_allclose(got, nbce.binary_cross_entropy_with_logits(x, p, reduction="none"), rtol=1e-12)
+
+
+def test_every_public_function_takes_its_arguments_by_name():
+    """The first parameter too (the wrapper that opens a CUDA context block passes it on)."""
+    x = np.array([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    t, y = np.array([2, 0]), np.full(x.shape, 0.25)
+    for name in ("logsumexp", "log_softmax", "softmax"):
+        np.testing.assert_array_equal(getattr(nbce, name)(x=x), getattr(nbce, name)(x))
+    assert nbce.entropy(logits=x).shape == (2,)
+    assert nbce.cross_entropy(logits=x, target=t) == nbce.cross_entropy(x, t)
+    assert nbce.binary_cross_entropy(probs=y, target=y) == nbce.binary_cross_entropy(y, y)
+    assert nbce.binary_cross_entropy_with_logits(logits=x, target=y) == nbce.binary_cross_entropy_with_logits(x, y)

@@ -139,21 +139,24 @@ except ValueError as error:
 
 
 @pytest.mark.parametrize("layout", ["class_axis_first", "fortran"])
-def test_strided_chunks_of_a_mapped_file_are_read_run_by_run(tmp_path, rng, layout):
-    """Chunks that are not one byte range but runs of >= 512 bytes are read with
-    pread, run by run: in memory, equal to the mapping's values, and a file
-    truncated meanwhile is a ValueError (no SIGBUS: the mapping is not touched)."""
+def test_strided_chunks_of_a_mapped_file_are_read_run_by_run(tmp_path, rng, monkeypatch, layout):
+    """Chunks that are not one byte range are read with pread: in memory,
+    equal to the mapping's values, and a file truncated meanwhile is a
+    ValueError (no SIGBUS: the mapping is not touched)."""
+    import nbce._chunks
     from nbce._chunks import _read
 
-    x = make_logits(rng, (5, 3000), "float32")
+    x = make_logits(rng, (5, 6000), "float32")  # runs 24000 bytes apart: a pread each
     if layout == "fortran":
-        x = np.asfortranarray(x.T)  # (3000, 5), class axis last, stored column by column
+        x = np.asfortranarray(x.T)  # (6000, 5), class axis last, stored column by column
     np.save(tmp_path / "logits.npy", x)
     mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
     part = mapped[:, 1000:1130] if layout == "class_axis_first" else mapped[1000:1130]  # runs of 520 bytes
+    reads = []
+    monkeypatch.setattr(nbce._chunks, "_pread_into", lambda *a, _real=nbce._chunks._pread_into: (reads.append(1), _real(*a))[1])
     with open(tmp_path / "logits.npy", "rb") as file:
         read = _read(part, file)
-        assert not isinstance(read, np.memmap)
+        assert not isinstance(read, np.memmap) and len(reads) == 5  # one a run
         np.testing.assert_array_equal(read, part)
         os.truncate(tmp_path / "logits.npy", 8192)
         with pytest.raises(ValueError, match="before the array's end"):
@@ -171,9 +174,9 @@ SHORT_RUN_PARTS = {
 @pytest.mark.parametrize("span_bytes", [None, 1024])
 @pytest.mark.parametrize("name", SHORT_RUN_PARTS)
 def test_chunks_of_short_runs_are_read_not_mapped(tmp_path, rng, monkeypatch, name, span_bytes):
-    """Chunks of runs under 512 bytes (any strides) are read with pread too:
-    the covering byte range when it is small enough, else run by run (forced
-    here by a small CHUNK_BYTES), never through the mapping."""
+    """Chunks of short runs (any strides) are read with pread too: the
+    covering byte range, in windows of CHUNK_BYTES (a small one here splits
+    the reads down to single elements), never through the mapping."""
     import nbce._chunks
     from nbce._chunks import _read
 

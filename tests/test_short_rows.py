@@ -23,8 +23,9 @@ HUGE = {"float64": 3e38, "float32": 3e38, "float16": 6e4, "bfloat16": 3e38}
 
 
 def n_rows_for(n_classes):
-    """Two whole groups and a partial one."""
-    return 2 * int(kernels.rows_per_group(n_classes)) + 3
+    """Two whole groups of a large batch's size and a partial one (a batch
+    this small may be grouped smaller: see the grouping test below)."""
+    return 2 * int(kernels.rows_per_group(n_classes, 2**20)) + 3
 
 
 def logits_with_edge_rows(rng, n_rows, n_classes, dtype):
@@ -153,6 +154,24 @@ def test_a_rows_result_does_not_depend_on_its_place_in_the_batch(n_classes, rng)
                 *row_metrics(as_rows(x[k:], -1), t[k:], -100)]
         for a, b in zip(whole, part):
             np.testing.assert_array_equal(a[k:], b)
+
+
+@pytest.mark.parametrize("n_classes", [SHORT + 1, 100, kernels.MID_ROW])
+def test_a_rows_result_does_not_depend_on_its_groups_size(n_classes, rng):
+    """Rows of up to MID_ROW entries come LANES to a group in a large batch and
+    fewer (at least 2) in a small one, so that it still makes MANY_TASKS
+    tasks: the same row gives the same bits either way."""
+    n = kernels.LANES * kernels.MANY_TASKS + 5
+    assert kernels.rows_per_group(n_classes, n) == kernels.LANES
+    x = logits_with_edge_rows(rng, n, n_classes, "float32")
+    t = rng.integers(0, n_classes, n)
+    whole = [nbce.logsumexp(x), nbce.cross_entropy(x, t, reduction="none"), *row_metrics(as_rows(x, -1), t, -100)]
+    for start, stop in ((0, 300), (1000, 4003)):  # groups of 2 and of 12
+        assert kernels.rows_per_group(n_classes, stop - start) < kernels.LANES
+        part = [nbce.logsumexp(x[start:stop]), nbce.cross_entropy(x[start:stop], t[start:stop], reduction="none"),
+                *row_metrics(as_rows(x[start:stop], -1), t[start:stop], -100)]
+        for a, b in zip(whole, part):
+            np.testing.assert_array_equal(a[start:stop], b)
 
 
 @pytest.mark.parametrize("n_classes", [1, 7, SHORT, SHORT + 1, 3000])

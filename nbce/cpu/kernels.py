@@ -84,17 +84,20 @@ def load_row(base, geom, n, r):
 # ``_rows.column_sums``): groups of a multiple of LANES rows (whole vectors of
 # rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
 # rows are read one by one (``_rows.short_row_sums`` up to a block,
-# ``_rows.row_sums`` beyond): LANES rows a group up to MID_ROW entries, since
-# a group's tables are LANES columns wide whatever its rows (fewer rows, e.g.
-# 4 of 1000 entries, paid the logarithms of 128 columns for 4: 40 % of a
-# 16384×1000 cross_entropy), and one row a group beyond (a table of one
-# column).  SHORT_ROW is where the two layouts
-# cost the same (README, "Performance").  The grouping depends on the row
-# length only, never on the thread count, and a row's arithmetic does not
-# depend on its place in the group (``lanes``), so results are reproducible.
+# ``_rows.row_sums`` beyond).  Up to MID_ROW entries a group's tables are
+# LANES columns wide whatever its row count (groups of 4 rows of 1000
+# entries paid the logarithms of 128 columns for 4: 40 % of a 16384×1000
+# cross_entropy), so groups take up to LANES rows, fewer (at least 2) only
+# to make MANY_TASKS tasks of a small batch; beyond MID_ROW a group is one
+# row (a table of one column).  SHORT_ROW is where the two layouts
+# cost the same (README, "Performance").  A row's arithmetic does not
+# depend on its group's size (2 or more) or its place in it (``lanes``), and
+# the split between one-row groups and the others depends on the row length
+# only, so results are reproducible.
 GROUP_ELEMENTS = 4096
 SHORT_ROW = 48
 MID_ROW = 2048
+MANY_TASKS = 128
 # Columns of the per-group arrays: a multiple of every vector loop's step
 # (vector width times interleave: 64 float32 values for AVX-512, with room
 # for a larger interleave); see ``lanes``.
@@ -102,11 +105,11 @@ LANES = 128
 
 
 @njit(**JIT_OPTIONS)
-def rows_per_group(n_classes):
+def rows_per_group(n_classes, n_rows):
     if n_classes <= SHORT_ROW:
         return max(LANES, GROUP_ELEMENTS // n_classes // LANES * LANES)
     if n_classes <= MID_ROW:
-        return LANES
+        return max(2, min(LANES, (n_rows + MANY_TASKS - 1) // MANY_TASKS))
     return 1
 
 
@@ -236,7 +239,7 @@ def target_group(base, geom, n_classes, g, size, n_rows, target, ignore_index, r
 @njit(**PARALLEL_JIT_OPTIONS)
 def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out):
     """Per row: logsumexp, and the softmax entropy when ``with_entropy``."""
-    size = rows_per_group(n_classes)
+    size = rows_per_group(n_classes, lse_out.size)
     for g in prange(n_groups(lse_out.size, size)):
         first, picks, starts, sums, logs = group_scratch(g, size, lse_out.size)
         picks[:] = 0
@@ -291,7 +294,7 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
     spread = smoothing / n_classes
     readable = n_classes if weight.size >= n_classes else 0
     step = geom[0]
-    size = rows_per_group(n_classes)
+    size = rows_per_group(n_classes, loss_out.size)
     for g in prange(n_groups(loss_out.size, size)):
         first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
                                                  readable, input_type == LOGITS, False, False)
@@ -321,7 +324,7 @@ def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, i
     """Cross-entropy with class probabilities: loss_r = -sum_c w[c] y'_rc log p_rc."""
     t_step = t_geom[0]
     step = geom[0]
-    size = rows_per_group(n_classes)
+    size = rows_per_group(n_classes, loss_out.size)
     for g in prange(n_groups(loss_out.size, size)):
         first, picks, starts, sums, logs = group_scratch(g, size, loss_out.size)
         picks[:] = 0 if input_type == LOGITS else -1
@@ -349,7 +352,7 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
     rank ``UNDEFINED_ROW`` and NaN statistics.
     """
     step = geom[0]
-    size = rows_per_group(n_classes)
+    size = rows_per_group(n_classes, loss_out.size)
     for g in prange(n_groups(loss_out.size, size)):
         first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
                                                  n_classes, True, True, True)

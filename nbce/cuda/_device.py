@@ -126,7 +126,7 @@ def as_device_array(obj, stream=None):
     array = cuda.from_cuda_array_interface(interface, owner=obj, sync=False)
     if producer is not None and _stream_handle(producer) != stream_key(stream):
         ready = cuda.event(timing=False)
-        ready.record(cuda.external_stream(producer))
+        ready.record(external_stream(producer))
         ready.wait(stream)
     return array
 

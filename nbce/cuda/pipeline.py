@@ -176,6 +176,9 @@ def stream_host_chunks(evaluator, chunks, progress):
     from ..evaluation import row_weights
 
     slots = _slots()
+    for slot in slots:  # a call cut short during its clean-up may have left a chunk in flight
+        slot.pending = None
+        slot.stream.synchronize()
     timings = PipelineTimings()
     start = time.perf_counter()
     try:
@@ -193,7 +196,7 @@ def stream_host_chunks(evaluator, chunks, progress):
     finally:
         cuda_backend.settle_sums(evaluator, keep=False)  # after an error, drop the chunks' sums
         for slot in slots:  # after an error, leave no copy running into the buffers the next call fills
-            slot.stream.synchronize()
             slot.pending = None
+            slot.stream.synchronize()
     timings.wall_s = time.perf_counter() - start
     return timings
