@@ -213,8 +213,9 @@ def test_pipeline_reads_the_next_chunk_before_waiting_for_the_last(monkeypatch, 
     evaluator = nbce.Evaluator()
     stream_host_chunks(evaluator, slow_reader(row_chunks(x, t, None, -1, 10)), Progress(enabled=False))
     waits = [i for i, entry in enumerate(log) if entry.startswith("wait")]
-    assert log[:waits[2] + 1] == ["new stream", "new stream", "read 0", "read 10", "read 20", "wait A", "read 30",
-                              "wait B", "wait A"]  # chunk 0 waited for after chunk 2 was read, 1 after 3
+    # The two waits first: a call makes sure no earlier call left its slots busy (idle new streams here).
+    assert log[:waits[4] + 1] == ["new stream", "new stream", "wait A", "wait B", "read 0", "read 10", "read 20",
+                                  "wait A", "read 30", "wait B", "wait A"]  # chunk 0 waited for after chunk 2 was read, 1 after 3
     assert_matches(evaluator.compute(), ref.evaluation(x, t), "float32")
 
 
