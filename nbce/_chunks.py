@@ -97,8 +97,7 @@ def _read(part, file):
     backwards = tuple(k for k, stride in enumerate(part.strides) if stride < 0 and part.shape[k] > 1)
     forwards = np.flip(part, axis=backwards) if backwards else part
     position = _file_position(forwards)
-    order, axes = _contiguous_runs(forwards)
-    run_bytes = forwards.itemsize * prod(forwards.shape[forwards.ndim - axes:] if order == "C" else forwards.shape[:axes])
+    order, axes, run_bytes = _contiguous_runs(forwards)
     low, high = _byte_bounds(forwards)
     if high - low >= forwards.nbytes // run_bytes * _BYTES_PER_READ:
         copy = _read_runs(forwards, file, position, order, axes)
@@ -127,6 +126,8 @@ def _read_windows(part, file, position, out):
         where = (slice(None),) * axis + (slice(start, start + step),)
         piece = part[where]
         _read_windows(piece, file, position + _byte_bounds(piece)[0] - low, out[where])
+
+
 def _pread_into(file, data, position, part):
     """Fill the bytes ``data`` from ``file`` at ``position``; ValueError if the file ends first."""
     done = 0
@@ -147,10 +148,10 @@ _BYTES_PER_READ = 16 * 2**10
 
 
 def _contiguous_runs(part):
-    """(order, axes) of a ``part`` with non-negative strides (length-1 axes
-    aside): its elements form byte runs, each contiguous in C order over its
-    last ``axes`` axes (order "C") or in Fortran order over its first (order
-    "F"), whichever makes the longer runs."""
+    """(order, axes, run bytes) of a ``part`` with non-negative strides
+    (length-1 axes aside): its elements form byte runs, each contiguous in C
+    order over its last ``axes`` axes (order "C") or in Fortran order over its
+    first (order "F"), whichever makes the longer runs."""
     found = []
     for order, shape, strides in (("C", part.shape, part.strides), ("F", part.shape[::-1], part.strides[::-1])):
         run, axes = part.itemsize, 0
@@ -161,7 +162,7 @@ def _contiguous_runs(part):
             axes += 1
         found.append((run, order, axes))
     run, order, axes = max(found, key=lambda f: f[0])
-    return order, axes
+    return order, axes, run
 
 
 def _read_runs(part, file, position, order, axes):
