@@ -199,3 +199,25 @@ def test_results_do_not_depend_on_the_thread_count_or_the_run(n_classes, rng):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n_classes", [SHORT + 1, 100, 257, kernels.MID_ROW])
+def test_a_rows_result_does_not_depend_on_the_rows_read_beside_it(n_classes, rng):
+    """Rows of one block are summed ``ROWS_AT_ONCE`` at a time, the rows read
+    taken in order (ignored rows are not read): ignoring other rows, or
+    ending a batch with a short set whose places repeat its last row, must
+    leave a row's figures as they were."""
+    n = 2 * kernels.ROWS_AT_ONCE * kernels.MANY_TASKS - 5  # groups of 8 rows, the last of 3
+    assert kernels.rows_per_group(n_classes, n) == 2 * kernels.ROWS_AT_ONCE
+    x = logits_with_edge_rows(rng, n, n_classes, "float32")
+    t = rng.integers(0, n_classes, n)
+    whole = row_metrics(as_rows(x, -1), t, -100)
+    for ignored in ([1], [0, 2, 3], list(range(5, n, 3)), list(range(0, n, 8))):
+        fewer = t.copy()
+        fewer[ignored] = -100
+        part = row_metrics(as_rows(x, -1), fewer, -100)
+        kept = fewer != -100
+        for a, b in zip(whole, part):
+            np.testing.assert_array_equal(a[kept], b[kept])
+    for stop in range(n - kernels.ROWS_AT_ONCE, n):
+        np.testing.assert_array_equal(nbce.logsumexp(x[:stop]), nbce.logsumexp(x)[:stop])

@@ -13,6 +13,7 @@ in: float32 for halves and float32, float64 for float64.
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
@@ -243,3 +244,25 @@ def log_mantissa(typingctx, value):
         return builder.bitcast(bits, irfloat)
 
     return value(value), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Ask the CPU to bring the cache line of ``array[index]`` towards L1
+    (``llvm.prefetch``, read, high locality); no effect on results, and no
+    fault for any address."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        pointer = builder.gep(ary.data, [builder.sext(args[1], ir.IntType(64)) if sig.args[1].bitwidth < 64
+                                         else args[1]])
+        raw = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        signature = ir.FunctionType(ir.VoidType(), [raw.type, i32, i32, i32])
+        function = cgutils.get_or_insert_function(builder.module, signature, "llvm.prefetch.p0")
+        builder.call(function, [raw, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen
