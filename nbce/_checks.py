@@ -3,8 +3,10 @@
 from numbers import Real
 
 import numpy as np
+from numba import njit
 
 from ._arrays import host_array
+from ._config import JIT_OPTIONS
 
 REDUCTIONS = ("none", "mean", "sum")
 INPUT_TYPES = ("logits", "log_probs", "probs")
@@ -79,6 +81,37 @@ def out_of_range_targets(target, n_classes, ignore_index):
     return (wide != np.int64(ignore_index)) & ((wide < 0) | (wide >= n_classes))
 
 
+# Targets are checked in runs of this many, each run with a vector loop; only
+# a run holding a bad value is searched for its first one.
+_TARGET_RUN = 4096
+
+
+@njit(**JIT_OPTIONS)
+def _first_out_of_range(flat, n_classes, ignore_index, unsigned):
+    """The index of the first value of ``flat`` that ``out_of_range_targets``
+    flags, or -1: one read, compared as ``out_of_range_targets`` compares
+    (uint64 for unsigned targets, int64 for signed ones)."""
+    for start in range(0, flat.size, _TARGET_RUN):
+        run = flat[start:start + _TARGET_RUN]
+        bad = 0
+        for j in range(run.size):
+            bad += 1 if _outside(run[j], n_classes, ignore_index, unsigned) else 0
+        if bad > 0:
+            for j in range(run.size):
+                if _outside(run[j], n_classes, ignore_index, unsigned):
+                    return start + j
+    return -1
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _outside(value, n_classes, ignore_index, unsigned):
+    if unsigned:
+        wide = np.uint64(value)
+        return wide >= np.uint64(n_classes) and (ignore_index < 0 or wide != np.uint64(ignore_index))
+    wide = np.int64(value)
+    return wide != ignore_index and (wide < 0 or wide >= n_classes)
+
+
 def _index(position):
     return "[" + ", ".join(str(int(i)) for i in position) + "]"
 
@@ -138,8 +171,14 @@ def class_indices(target, n_classes, ignore_index, origin=()):
     axes first) shifts the reported position, for chunks.
     """
     target = host_array(target)
-    bad = out_of_range_targets(target, n_classes, ignore_index)
-    if bad.any():
+    if target.dtype.kind in "iu" and target.size > 0:
+        flat = target.reshape(-1)  # a view for the usual contiguous targets
+        first = _first_out_of_range(flat, n_classes, check_ignore_index(ignore_index), target.dtype.kind == "u")
+        bad = None if first < 0 else np.arange(target.size) == first
+    else:
+        bad = out_of_range_targets(target, n_classes, ignore_index)
+        bad = bad if bad.any() else None
+    if bad is not None:
         position = np.unravel_index(int(np.argmax(bad)), target.shape)
         value = target[position]
         position = shift_position(position, origin)
