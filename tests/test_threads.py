@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from nbce import _threads
@@ -104,3 +105,31 @@ def test_gnu_openmp_layer_refuses_a_forked_child_clearly():
     lines = run("omp")
     assert lines[:2] == ["layer omp", "threads ok"]
     assert lines[2] == ("fork refused" if _threads._gnu_openmp() else "fork ok")
+
+
+def test_reduced_losses_reuse_per_thread_scratch_safely(rng):
+    """A "mean"/"sum" cross_entropy keeps its per-row losses in arrays of the
+    calling thread, reused from call to call: a result returned with
+    reduction="none" must not be one of them, batches of other sizes must
+    not read stale rows, and threads must not share them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nbce
+    import reference as ref
+
+    batches = [(rng.standard_normal((n, 100)).astype(np.float32), rng.integers(0, 100, n)) for n in (700, 300, 5000)]
+    kept = nbce.cross_entropy(*batches[0], reduction="none")
+    kept_copy = kept.copy()
+    expected = [float(ref.cross_entropy(x, t)) for x, t in batches]
+    for (x, t), mean in zip(batches * 2, expected * 2):
+        assert nbce.cross_entropy(x, t) == pytest.approx(mean, rel=1e-6)
+        assert nbce.cross_entropy(x, t, reduction="sum") == pytest.approx(mean * t.size, rel=1e-6)
+    np.testing.assert_array_equal(kept, kept_copy)
+
+    def run(i):
+        x, t = batches[i % 3]
+        return [float(nbce.cross_entropy(x, t)) for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        for i, means in enumerate(pool.map(run, range(8))):
+            assert means == [means[0]] * 20 and means[0] == pytest.approx(expected[i % 3], rel=1e-6)

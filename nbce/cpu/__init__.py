@@ -5,6 +5,8 @@ calls the functions below; the CUDA backend (``nbce.cuda``) offers the same
 functions for device arrays.  Per-row results are float64.
 """
 
+import threading
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -92,14 +94,34 @@ def _shares_memory(a, b):
 
 
 @launches
-def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=None):
-    """(loss, weight of the target class) per row."""
+def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, keep=True, stream=None):
+    """(loss, weight of the target class) per row; in reused scratch arrays
+    unless the caller ``keep``s them (see ``_per_row``)."""
     indices = _checks.class_indices(target, rows.length, ignore_index)
-    loss = np.empty(rows.n_rows, dtype=np.float64)
-    target_weight = np.empty(rows.n_rows, dtype=np.float64)
+    loss = _per_row(rows.n_rows, keep, 0)
+    target_weight = _per_row(rows.n_rows, keep, 1)
     kernels.class_index_rows(rows.base, rows.geom, rows.length, indices, weight, ignore_index,
                              smoothing, input_type, loss, target_weight)
     return loss, target_weight
+
+
+# Per-row results that a reduction consumes at once go to arrays kept per
+# thread and reused, up to SCRATCH_ROWS rows: fresh ones cost their page
+# faults on every call (0.5 ms of a 4.4 ms 65536×100 cross_entropy, one thread).
+SCRATCH_ROWS = 1 << 20
+_scratch = threading.local()
+
+
+def _per_row(n_rows, keep, slot):
+    """A float64 array of ``n_rows`` entries: a new one when the caller keeps
+    it or for more than SCRATCH_ROWS rows, else scratch ``slot`` (0 or 1) of
+    this thread, valid until the thread's next call for that slot."""
+    if keep or n_rows > SCRATCH_ROWS:
+        return np.empty(n_rows, dtype=np.float64)
+    arrays = getattr(_scratch, "arrays", None)
+    if arrays is None or arrays[slot].size < n_rows:
+        arrays = _scratch.arrays = [np.empty(max(n_rows, 1024), dtype=np.float64) for _ in range(2)]
+    return arrays[slot][:n_rows]
 
 
 @launches
@@ -252,7 +274,7 @@ def class_weight(weight, n_classes, stream=None):
 def cross_entropy_indices(rows, target, weight, ignore_index, smoothing, input_type, reduction, dtype, stream=None):
     """Cross-entropy with class-index targets, reduced as asked ("mean" divides by the targets' weights)."""
     loss, target_weight = class_index_loss(rows, target, class_weight(weight, rows.length), ignore_index, smoothing,
-                                           input_type)
+                                           input_type, keep=reduction == "none")
     return _reduced(loss, reduction, dtype, target_weight, rows)
 
 
