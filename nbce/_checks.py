@@ -171,7 +171,7 @@ def class_indices(target, n_classes, ignore_index, origin=()):
     axes first) shifts the reported position, for chunks.
     """
     target = host_array(target)
-    if target.dtype.kind in "iu" and target.size > 0:
+    if target.dtype.kind in "iu" and target.dtype.isnative and target.size > 0:  # Numba reads native order only
         flat = target.reshape(-1)  # a view for the usual contiguous targets
         first = _first_out_of_range(flat, n_classes, check_ignore_index(ignore_index), target.dtype.kind == "u")
         bad = None if first < 0 else np.arange(target.size) == first

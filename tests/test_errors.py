@@ -312,12 +312,14 @@ def test_every_public_function_takes_its_arguments_by_name():
     assert nbce.binary_cross_entropy_with_logits(logits=x, target=y) == nbce.binary_cross_entropy_with_logits(x, y)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"])
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                   ">i4", ">i8", ">u8"])
 @pytest.mark.parametrize("ignore_index", [-100, -1, 0, 5, 300])
 def test_the_compiled_target_scan_flags_what_the_numpy_mask_flags(dtype, ignore_index, rng):
-    """``class_indices`` scans host targets in one compiled read: it must
-    report the first value ``out_of_range_targets`` flags, for every integer
-    dtype (extremes included) and ``ignore_index``, across its 4096-value runs."""
+    """``class_indices`` scans native host targets in one compiled read (and
+    big-endian ones with NumPy): it must report the first value
+    ``out_of_range_targets`` flags, for every integer dtype (extremes
+    included) and ``ignore_index``, across its 4096-value runs."""
     from nbce import _checks
 
     info = np.iinfo(dtype)
@@ -328,10 +330,14 @@ def test_the_compiled_target_scan_flags_what_the_numpy_mask_flags(dtype, ignore_
         values[int(rng.integers(0, n))] = special
         if trial % 3 == 2:
             values[int(rng.integers(0, n))] = special  # two of them: the first is reported
+        if trial % 4 == 3:
+            values = values.reshape(1, n)[:, ::-1]  # 2-D and reversed: positions as (0, j)
         mask = _checks.out_of_range_targets(values, 10, ignore_index)
         if mask.any():
-            first = int(np.argmax(mask))
-            with pytest.raises(ValueError, match=rf"target\[{first}\] = {int(values[first])} "):
+            first = np.unravel_index(int(np.argmax(mask)), values.shape)
+            where = ", ".join(str(int(i)) for i in first)
+            with pytest.raises(ValueError, match=rf"target\[{where}\] = {int(values[first])} "):
                 _checks.class_indices(values, 10, ignore_index)
         else:
-            np.testing.assert_array_equal(_checks.class_indices(values, 10, ignore_index), values.astype(np.int64))
+            np.testing.assert_array_equal(_checks.class_indices(values, 10, ignore_index),
+                                          values.astype(np.int64).reshape(-1))

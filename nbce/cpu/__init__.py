@@ -94,7 +94,7 @@ def _shares_memory(a, b):
 
 
 @launches
-def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, keep=True, stream=None):
+def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, stream=None, *, keep=True):
     """(loss, weight of the target class) per row; in reused scratch arrays
     unless the caller ``keep``s them (see ``_per_row``)."""
     indices = _checks.class_indices(target, rows.length, ignore_index)
@@ -106,9 +106,10 @@ def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, 
 
 
 # Per-row results that a reduction consumes at once go to arrays kept per
-# thread and reused, up to SCRATCH_ROWS rows: fresh ones cost their page
-# faults on every call (0.5 ms of a 4.4 ms 65536×100 cross_entropy, one thread).
-SCRATCH_ROWS = 1 << 20
+# thread and reused, up to SCRATCH_ROWS rows (4 MiB a thread at most, kept
+# while the thread lives): fresh ones cost their page faults on every call
+# (0.5 ms of a 4.4 ms 65536×100 cross_entropy, one thread).
+SCRATCH_ROWS = 1 << 18
 _scratch = threading.local()
 
 

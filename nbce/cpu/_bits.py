@@ -256,8 +256,11 @@ def prefetch(typingctx, array, index):
 
     def codegen(context, builder, sig, args):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
-        pointer = builder.gep(ary.data, [builder.sext(args[1], ir.IntType(64)) if sig.args[1].bitwidth < 64
-                                         else args[1]])
+        index = args[1]
+        if sig.args[1].bitwidth < 64:
+            extend = builder.sext if sig.args[1].signed else builder.zext
+            index = extend(index, ir.IntType(64))
+        pointer = builder.gep(ary.data, [index])
         raw = builder.bitcast(pointer, ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         signature = ir.FunctionType(ir.VoidType(), [raw.type, i32, i32, i32])

@@ -249,9 +249,10 @@ def _one_block_rows_of(base, starts, step, n_classes, picks, read, with_entropy,
             k += 1
     line = 64 // base.itemsize
     for q in range(0, read, ROWS_AT_ONCE):
-        for p in range(q + PREFETCH_AHEAD, min(q + PREFETCH_AHEAD + ROWS_AT_ONCE, read)):
-            for j in range(0, (n_classes - 1) * step + 1, line):
-                prefetch(base, starts[order[p]] + j)
+        if step == 1:  # a strided row's entries lie a cache line or more apart: no run of lines to ask for
+            for p in range(q + PREFETCH_AHEAD, min(q + PREFETCH_AHEAD + ROWS_AT_ONCE, read)):
+                for j in range(0, n_classes, line):
+                    prefetch(base, starts[order[p]] + j)
         i0, i1 = order[q], order[min(q + 1, read - 1)]
         i2, i3 = order[min(q + 2, read - 1)], order[min(q + 3, read - 1)]
         a, b = load_row_at(base, starts[i0], step, n_classes), load_row_at(base, starts[i1], step, n_classes)
