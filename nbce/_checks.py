@@ -174,12 +174,11 @@ def class_indices(target, n_classes, ignore_index, origin=()):
     if target.dtype.kind in "iu" and target.dtype.isnative and target.size > 0:  # Numba reads native order only
         flat = target.reshape(-1)  # a view for the usual contiguous targets
         first = _first_out_of_range(flat, n_classes, check_ignore_index(ignore_index), target.dtype.kind == "u")
-        bad = None if first < 0 else np.arange(target.size) == first
     else:
         bad = out_of_range_targets(target, n_classes, ignore_index)
-        bad = bad if bad.any() else None
-    if bad is not None:
-        position = np.unravel_index(int(np.argmax(bad)), target.shape)
+        first = int(np.argmax(bad)) if bad.any() else -1
+    if first >= 0:  # its index in C order, as flat's
+        position = np.unravel_index(first, target.shape)
         value = target[position]
         position = shift_position(position, origin)
         raise_bad_target(position, value, n_classes, ignore_index)
