@@ -254,7 +254,8 @@ class Evaluator:
         backend, _, _, rows, stream = _scores(logits, self.axis, stream)
         check_targets(backend, target, rows.batch_shape)
         weights = row_weights(backend, weight, rows.batch_shape, origin)
-        per_row = backend.row_metrics(rows, target, self.ignore_index, origin, stream)
+        # Consumed before this thread's next call: the backend's scratch will do.
+        per_row = backend.row_metrics(rows, target, self.ignore_index, origin, stream, keep=False)
         self._add(backend, per_row, weights, stream)
         if settle and backend.SUMS_ON_DEVICE:
             backend.settle_sums(self)

@@ -106,23 +106,26 @@ def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, 
 
 
 # Per-row results that a reduction consumes at once go to arrays kept per
-# thread and reused, up to SCRATCH_ROWS rows (4 MiB a thread at most, kept
-# while the thread lives): fresh ones cost their page faults on every call
-# (0.5 ms of a 4.4 ms 65536×100 cross_entropy, one thread).
+# thread and reused, up to SCRATCH_ROWS rows (N_SCRATCH arrays of 2 MiB a
+# thread at most, kept while the thread lives): fresh ones cost their page
+# faults on every call (0.5 ms of a 4.4 ms 65536×100 cross_entropy, one
+# thread).
 SCRATCH_ROWS = 1 << 18
+N_SCRATCH = 4
 _scratch = threading.local()
 
 
-def _per_row(n_rows, keep, slot):
-    """A float64 array of ``n_rows`` entries: a new one when the caller keeps
-    it or for more than SCRATCH_ROWS rows, else scratch ``slot`` (0 or 1) of
-    this thread, valid until the thread's next call for that slot."""
+def _per_row(n_rows, keep, slot, dtype=np.float64):
+    """An array of ``n_rows`` entries of ``dtype`` (8 bytes each): a new one
+    when the caller keeps it or for more than SCRATCH_ROWS rows, else scratch
+    ``slot`` (< N_SCRATCH) of this thread, valid until the thread's next call
+    for that slot."""
     if keep or n_rows > SCRATCH_ROWS:
-        return np.empty(n_rows, dtype=np.float64)
+        return np.empty(n_rows, dtype=dtype)
     arrays = getattr(_scratch, "arrays", None)
     if arrays is None or arrays[slot].size < n_rows:
-        arrays = _scratch.arrays = [np.empty(max(n_rows, 1024), dtype=np.float64) for _ in range(2)]
-    return arrays[slot][:n_rows]
+        arrays = _scratch.arrays = [np.empty(max(n_rows, 1024), dtype=np.float64) for _ in range(N_SCRATCH)]
+    return arrays[slot][:n_rows].view(dtype)
 
 
 @launches
@@ -135,13 +138,15 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=No
 
 
 @launches
-def row_metrics(rows, target, ignore_index, origin=(), stream=None):
+def row_metrics(rows, target, ignore_index, origin=(), stream=None, *, keep=True):
     """(loss, rank, entropy, confidence) per row, from one read of each row
-    (see ``kernels.metric_rows``); a bad class index raises."""
+    (see ``kernels.metric_rows``); a bad class index raises.  Unless the
+    caller ``keep``s them, they are this thread's scratch (see ``_per_row``),
+    as the CUDA backend's are its stream's."""
     indices = _checks.class_indices(target, rows.length, ignore_index, origin)
     n = rows.n_rows
-    loss, entropy, confidence = (np.empty(n, dtype=np.float64) for _ in range(3))
-    rank = np.empty(n, dtype=np.int64)
+    loss, entropy, confidence = (_per_row(n, keep, slot) for slot in range(3))
+    rank = _per_row(n, keep, 3, np.int64)
     kernels.metric_rows(rows.base, rows.geom, rows.length, indices, ignore_index, loss, rank, entropy,
                         confidence)
     return loss, rank, entropy, confidence

@@ -491,6 +491,13 @@ def log_sum(ones, rest):                          # a call in a loop would keep 
     return split if small else whole
 
 
+# The table's columns are formed TABLE_STEP at a time, in a loop of that
+# constant length: LLVM makes it whole vectors with no scalar remainder, so a
+# row's figures do not depend on its place among the columns or on how many
+# there are (a multiple of TABLE_STEP, or one for a group of one long row).
+TABLE_STEP = 16
+
+
 @njit(**ELEMENTWISE_JIT_OPTIONS)
 def log_stats_table(sums, logs, count):
     """``log_stats`` for the first ``count`` columns of ``sums`` (filled by
@@ -499,17 +506,35 @@ def log_stats_table(sums, logs, count):
     of a group replaces a libm log, log1p and exp per row.  Writes c (+inf
     for a row holding +inf), log s, the entropy and the confidence
     exp((max - c) - log s); the special rows give what ``log_stats`` gives.
+    ``count`` is a multiple of TABLE_STEP, or 1.
     """
-    for i in range(count):
-        ones, rest, top = sums[ONES, i], sums[REST, i], sums[TOP, i]
-        log_total = log_sum(ones, rest)
-        infinite = top == np.inf
-        log_total = np.nan if infinite else log_total
-        shift = np.inf if infinite else sums[SHIFT, i]
-        logs[LOG_SHIFT, i] = shift
-        logs[LOG_TOTAL, i] = log_total
-        logs[ENTROPY, i] = log_total - sums[MOMENT, i] / (ones + rest)
-        logs[CONFIDENCE, i] = vexp(log_softmax_entry(top, shift, log_total))
+    if count % TABLE_STEP:  # one long row: a view per table row would cost more than the row's logarithms
+        for i in range(count):
+            (logs[LOG_SHIFT, i], logs[LOG_TOTAL, i], logs[ENTROPY, i],
+             logs[CONFIDENCE, i]) = _log_stats_entry(sums[SHIFT, i], sums[ONES, i], sums[REST, i],
+                                                     sums[MOMENT, i], sums[TOP, i])
+        return
+    for start in range(0, count, TABLE_STEP):
+        # Views of the tables' rows indexed from 0: an index start + k would
+        # be guarded against wraparound, which keeps the loop scalar.
+        stop = start + TABLE_STEP
+        shifts, ones, rest, moment, top = (sums[SHIFT, start:stop], sums[ONES, start:stop], sums[REST, start:stop],
+                                           sums[MOMENT, start:stop], sums[TOP, start:stop])
+        log_shift, log_total, entropy, confidence = (logs[LOG_SHIFT, start:stop], logs[LOG_TOTAL, start:stop],
+                                                     logs[ENTROPY, start:stop], logs[CONFIDENCE, start:stop])
+        for k in range(TABLE_STEP):
+            log_shift[k], log_total[k], entropy[k], confidence[k] = _log_stats_entry(shifts[k], ones[k], rest[k],
+                                                                                     moment[k], top[k])
+
+
+@njit(inline="always", **ELEMENTWISE_JIT_OPTIONS)  # a call per column would keep the loop scalar
+def _log_stats_entry(shift, ones, rest, moment, top):
+    """One column of ``log_stats_table``: (c, log s, entropy, confidence)."""
+    log_total = log_sum(ones, rest)
+    infinite = top == np.inf
+    log_total = np.nan if infinite else log_total
+    shift = np.inf if infinite else shift
+    return shift, log_total, log_total - moment / (ones + rest), vexp(log_softmax_entry(top, shift, log_total))
 
 
 @njit(**JIT_OPTIONS)

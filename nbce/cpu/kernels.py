@@ -41,6 +41,7 @@ from ._rows import (
     logsumexp_of,
     row_sums,
     ROWS_AT_ONCE,
+    TABLE_STEP,
     short_rows_sums,
     soft_target_sum,
     weighted_log_prob_sum,
@@ -51,6 +52,8 @@ from ._rows import (
 def row_offset(geom, r):
     r = np.int64(r)  # prange indices may be unsigned; keep the arithmetic signed
     ndim = geom[1]
+    if ndim == 1:  # one batch axis (r < its size): no division, which costs more than a short row's read
+        return r * geom[3]
     offset = 0
     for d in range(ndim - 1, -1, -1):
         size = geom[2 + d]
@@ -85,11 +88,11 @@ def load_row(base, geom, n, r):
 # ``_rows.column_sums``): groups of a multiple of LANES rows (whole vectors of
 # rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
 # rows are read four at a time up to a block (``_rows.short_rows_sums``),
-# one by one beyond (``_rows.row_sums``).  Up to MID_ROW entries a group's tables are
-# LANES columns wide whatever its row count (groups of 4 rows of 1000
-# entries paid the logarithms of 128 columns for 4: 40 % of a 16384×1000
-# cross_entropy), so groups take up to LANES rows, fewer (at least 2) only
-# to make MANY_TASKS tasks of a small batch; beyond MID_ROW a group is one
+# one by one beyond (``_rows.row_sums``).  Up to MID_ROW entries groups
+# take up to LANES rows, fewer (at least 2) only to make MANY_TASKS tasks
+# of a small batch, and their tables are as wide as their rows rounded up
+# to ``_rows.TABLE_STEP`` (tables LANES wide made groups of 32 rows of 100
+# entries pay the logarithms of 128 columns); beyond MID_ROW a group is one
 # row (a table of one column).  SHORT_ROW is where the two layouts
 # cost the same (README, "Performance").  A row's arithmetic does not
 # depend on its group's size (2 or more) or its place in it (``lanes``), and
@@ -125,14 +128,21 @@ def n_groups(n_rows, size):
 
 
 @njit(**JIT_OPTIONS)
-def group_scratch(g, size, n_rows):
+def group_scratch(g, size, n_rows, n_classes):
     """(first row, picks, starts, sums, logs) of group ``g``; see ``group_stats``.
-    The tables are ``lanes(count)`` columns wide, or one for groups of one
-    row (long rows: every row is then in the same place)."""
+    The tables are ``lanes(count)`` columns wide for rows read as columns,
+    ``count`` rounded up to a multiple of ``TABLE_STEP`` for rows read four
+    at a time (their table is the only loop across rows), one for groups of
+    one row (long rows: every row is then in the same place)."""
     first = np.int64(g) * size
     count = min(size, n_rows - first)
     index = np.empty((2, count), np.int64)
-    width = lanes(count) if size > 1 else count
+    if size == 1:
+        width = count
+    elif n_classes <= SHORT_ROW:
+        width = lanes(count)
+    else:
+        width = (count + TABLE_STEP - 1) // TABLE_STEP * TABLE_STEP
     return first, index[0], index[1], np.empty((N_SUMS, width), np.float64), np.empty((N_LOGS, width), np.float64)
 
 
@@ -241,28 +251,65 @@ def _one_block_rows_of(base, starts, step, n_classes, picks, read, with_entropy,
     entries) into the columns of ``sums``, ROWS_AT_ONCE at a time
     (``_rows.short_rows_sums``); the last places of the last call repeat the
     last row, which leaves every row's sums as they would be beside others."""
-    order = np.empty(read, np.int64)
-    k = 0
-    for i in range(picks.size):
-        if picks[i] >= 0:
-            order[k] = i
-            k += 1
-    line = 64 // base.itemsize
+    if read == picks.size:  # every row is read: no list of rows to go through
+        order = np.arange(read)
+    else:
+        order = np.empty(read, np.int64)
+        k = 0
+        for i in range(picks.size):
+            if picks[i] >= 0:
+                order[k] = i
+                k += 1
+    if step == 1:
+        _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count_above, sums)
+        return
     for q in range(0, read, ROWS_AT_ONCE):
-        if step == 1:  # a strided row's entries lie a cache line or more apart: no run of lines to ask for
-            for p in range(q + PREFETCH_AHEAD, min(q + PREFETCH_AHEAD + ROWS_AT_ONCE, read)):
-                for j in range(0, n_classes, line):
-                    prefetch(base, starts[order[p]] + j)
-        i0, i1 = order[q], order[min(q + 1, read - 1)]
-        i2, i3 = order[min(q + 2, read - 1)], order[min(q + 3, read - 1)]
+        i0, i1, i2, i3 = _quad(order, q)
         a, b = load_row_at(base, starts[i0], step, n_classes), load_row_at(base, starts[i1], step, n_classes)
         c, d = load_row_at(base, starts[i2], step, n_classes), load_row_at(base, starts[i3], step, n_classes)
+        _sum_quad((a, b, c, d), (i0, i1, i2, i3), picks, with_entropy, count_above, sums)
+
+
+@njit(**JIT_OPTIONS)
+def _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count_above, sums):
+    """``_one_block_rows_of`` for rows of unit class stride: views of ``base``
+    (no step to test per row), the rows read next prefetched."""
+    read = order.size
+    line = 64 // base.itemsize
+    for q in range(0, read, ROWS_AT_ONCE):
+        for p in range(q + PREFETCH_AHEAD, min(q + PREFETCH_AHEAD + ROWS_AT_ONCE, read)):
+            for j in range(0, n_classes, line):
+                prefetch(base, starts[order[p]] + j)
+        i0, i1, i2, i3 = _quad(order, q)
+        s0, s1, s2, s3 = starts[i0], starts[i1], starts[i2], starts[i3]
+        rows = (base[s0:s0 + n_classes], base[s1:s1 + n_classes], base[s2:s2 + n_classes],
+                base[s3:s3 + n_classes])
+        _sum_quad(rows, (i0, i1, i2, i3), picks, with_entropy, count_above, sums)
+
+
+@njit(**JIT_OPTIONS)
+def _quad(order, q):
+    """The rows of places q .. q + 3 of ``order``, the last one repeated past its end."""
+    last = order.size - 1
+    return order[q], order[min(q + 1, last)], order[min(q + 2, last)], order[min(q + 3, last)]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _sum_quad(rows, places, picks, with_entropy, count_above, sums):
+    """``short_rows_sums`` of four rows into columns ``places`` of ``sums``;
+    the pivots are read only to be counted against."""
+    a, b, c, d = rows
+    i0, i1, i2, i3 = places
+    if count_above:
         pivots = widen(a[picks[i0]]), widen(b[picks[i1]]), widen(c[picks[i2]]), widen(d[picks[i3]])
-        results = short_rows_sums((a, b, c, d), with_entropy, count_above, pivots)
-        _store_sums(sums, i0, results[0])
-        _store_sums(sums, i1, results[1])
-        _store_sums(sums, i2, results[2])
-        _store_sums(sums, i3, results[3])
+    else:
+        first = widen(a[0])
+        pivots = first, first, first, first
+    results = short_rows_sums(rows, with_entropy, count_above, pivots)
+    _store_sums(sums, i0, results[0])
+    _store_sums(sums, i1, results[1])
+    _store_sums(sums, i2, results[2])
+    _store_sums(sums, i3, results[3])
 
 
 @njit(**JIT_OPTIONS)
@@ -284,7 +331,7 @@ def target_group(base, geom, n_classes, g, size, n_rows, target, ignore_index, r
     """``group_stats`` of group ``g`` of rows with class-index targets, reading
     (when ``read``) the rows whose target is neither ``ignore_index`` nor
     outside [0, readable); returns (first row, starts, sums, logs)."""
-    first, picks, starts, sums, logs = group_scratch(g, size, n_rows)
+    first, picks, starts, sums, logs = group_scratch(g, size, n_rows, n_classes)
     for i in range(picks.size):
         t = target[first + i]
         picks[i] = t if read and t != ignore_index and _is_class(t, readable) else -1
@@ -297,7 +344,7 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
     """Per row: logsumexp, and the softmax entropy when ``with_entropy``."""
     size = rows_per_group(n_classes, lse_out.size)
     for g in prange(n_groups(lse_out.size, size)):
-        first, picks, starts, sums, logs = group_scratch(g, size, lse_out.size)
+        first, picks, starts, sums, logs = group_scratch(g, size, lse_out.size, n_classes)
         picks[:] = 0
         group_stats(base, geom, n_classes, first, picks, with_entropy, False, starts, sums, logs)
         for i in range(picks.size):
@@ -382,7 +429,7 @@ def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, i
     step = geom[0]
     size = rows_per_group(n_classes, loss_out.size)
     for g in prange(n_groups(loss_out.size, size)):
-        first, picks, starts, sums, logs = group_scratch(g, size, loss_out.size)
+        first, picks, starts, sums, logs = group_scratch(g, size, loss_out.size, n_classes)
         picks[:] = 0 if input_type == LOGITS else -1
         group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
         for i in range(picks.size):

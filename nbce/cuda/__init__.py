@@ -498,13 +498,14 @@ def _raise_bad_device_target(ws, target, rows, ignore_index, origin, stream):
     _checks.raise_bad_target(position, value, rows.length, ignore_index)
 
 
-def row_metrics(rows, target, ignore_index, origin=(), stream=0):
+def row_metrics(rows, target, ignore_index, origin=(), stream=0, *, keep=True):
     """(loss, rank, entropy, confidence) device arrays per row, from one read of
     each row (the row kernel counting the entries above the target's logit).
 
     Host targets are checked on the host (no synchronisation); device targets
     are checked in the kernel, and reading that flag waits for it.  The
-    arrays are the stream's scratch: copy them before the next call on it.
+    arrays are the stream's scratch whatever ``keep`` says: copy them before
+    the next call on it.
     """
     on_device = is_cuda_array(target)
     if not on_device:
