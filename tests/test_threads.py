@@ -124,7 +124,7 @@ def test_reduced_losses_reuse_per_thread_scratch_safely(rng):
     kept = nbce.cross_entropy(*batches[0], reduction="none")
     kept_copy = kept.copy()
     nbce.cross_entropy(*batches[0])
-    assert not any(np.shares_memory(kept, scratch) for scratch in cpu._scratch.arrays)
+    assert not any(np.shares_memory(kept, scratch) for scratch in cpu._scratch.arrays if scratch is not None)
     expected = [float(ref.cross_entropy(x, t)) for x, t in batches]
     for (x, t), mean in zip(batches * 2, expected * 2):
         assert nbce.cross_entropy(x, t) == pytest.approx(mean, rel=1e-12)
@@ -138,3 +138,40 @@ def test_reduced_losses_reuse_per_thread_scratch_safely(rng):
     with ThreadPoolExecutor(4) as pool:
         for i, means in enumerate(pool.map(run, range(8))):
             assert means == [means[0]] * 20 and means[0] == pytest.approx(expected[i % 3], rel=1e-12)
+
+
+def test_evaluation_per_row_scratch_is_not_handed_out_or_shared(rng):
+    """``Evaluator.update`` scores a chunk into this thread's per-row scratch
+    (``row_metrics(keep=False)``) and consumes it at once: chunks of other
+    sizes, per-token losses written chunk by chunk and evaluators in other
+    threads must see no stale or foreign rows, and ``row_metrics`` called as
+    by default (``keep=True``) must not return the scratch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nbce
+    from nbce import cpu
+    from nbce._arrays import as_rows
+
+    n, v = 5000, 100
+    x = rng.standard_normal((n, v)).astype(np.float32)
+    t = rng.integers(0, v, n)
+    expected = nbce.evaluate(x, t)
+    per_token = np.empty(n)
+    kept = cpu.row_metrics(as_rows(x, -1), t, -100)
+    kept_copy = [a.copy() for a in kept]
+    assert nbce.evaluate(x, t, chunk_rows=700, per_token=per_token) == expected
+    np.testing.assert_array_equal(per_token, kept[0])
+    nbce.evaluate(x[:50], t[:50])
+    assert not any(np.shares_memory(a, scratch) for a in kept for scratch in cpu._scratch.arrays
+                   if scratch is not None)
+    for a, b in zip(kept, kept_copy):
+        np.testing.assert_array_equal(a, b)
+    batches = [(x[:k], t[:k]) for k in (n, 3000, 1200)]
+    alone = [nbce.evaluate(*b) for b in batches]
+
+    def run(i):
+        return [nbce.evaluate(*batches[i % 3]) for _ in range(5)]
+
+    with ThreadPoolExecutor(4) as pool:
+        for i, results in enumerate(pool.map(run, range(8))):
+            assert results == [alone[i % 3]] * 5
