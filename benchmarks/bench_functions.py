@@ -39,26 +39,52 @@ class ShortRows:
     """Small vocabularies (65536 rows of 100 classes): the row kernels' per-row
     costs, beside PyTorch's logsumexp and cross_entropy on the same array."""
 
-    params = [["logsumexp", "entropy", "cross_entropy", "evaluate"], ["float32", "float64"], ["nbce", "torch"]]
+    params = [["logsumexp", "log_softmax", "entropy", "cross_entropy", "evaluate"], ["float32", "float64"],
+              ["nbce", "torch"]]
     param_names = ["function", "dtype", "library"]
 
     def setup(self, function, dtype, library):
-        x, t = make_inputs((65536, 100), dtype)
-        if library == "torch":
-            if function not in ("logsumexp", "cross_entropy"):
-                raise NotImplementedError("torch has no single call for this")
-            torch = optional("torch")
-            xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-            calls = {"logsumexp": lambda: torch.logsumexp(xt, dim=1),
-                     "cross_entropy": lambda: torch.nn.functional.cross_entropy(xt, tt)}
-        else:
-            calls = {"logsumexp": lambda: nbce.logsumexp(x), "entropy": lambda: nbce.entropy(x),
-                     "cross_entropy": lambda: nbce.cross_entropy(x, t), "evaluate": lambda: nbce.evaluate(x, t)}
-        self.run = calls[function]
+        self.run = _calls((65536, 100), dtype, library)[function]
         self.run()
 
     def time_function(self, function, dtype, library):
         self.run()
+
+
+class SmallCalls:
+    """One call on a small batch (1, 32 and 512 rows of 100 classes, float32):
+    the per-call costs (argument checks, dispatch, a kernel launch) beside
+    PyTorch's for the same call."""
+
+    params = [["1x100", "32x100", "512x100"], ["logsumexp", "log_softmax", "cross_entropy"], ["nbce", "torch"]]
+    param_names = ["shape", "function", "library"]
+
+    def setup(self, shape, function, library):
+        rows, classes = (int(n) for n in shape.split("x"))
+        self.run = _calls((rows, classes), "float32", library)[function]
+        self.run()
+
+    def time_call(self, shape, function, library):
+        self.run()
+
+
+def _calls(shape, dtype, library):
+    """Zero-argument calls of each function on inputs of ``shape`` (torch has
+    no single call for entropy and evaluate: asv skips those cases)."""
+    x, t = make_inputs(shape, dtype)
+    if library == "torch":
+        torch = optional("torch")
+        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+        return {"logsumexp": lambda: torch.logsumexp(xt, dim=1), "log_softmax": lambda: torch.log_softmax(xt, 1),
+                "cross_entropy": lambda: torch.nn.functional.cross_entropy(xt, tt),
+                "entropy": _no_single_call, "evaluate": _no_single_call}
+    return {"logsumexp": lambda: nbce.logsumexp(x), "log_softmax": lambda: nbce.log_softmax(x),
+            "entropy": lambda: nbce.entropy(x), "cross_entropy": lambda: nbce.cross_entropy(x, t),
+            "evaluate": lambda: nbce.evaluate(x, t)}
+
+
+def _no_single_call():
+    raise NotImplementedError("torch has no single call for this")
 
 
 class ClassAxisLayouts:

@@ -73,10 +73,22 @@ def _raw_halves(dtype):
     return dtype.itemsize == 2 and (dtype.kind in "iu" or (dtype.kind == "V" and dtype.names is None))
 
 
+_DTYPE_NAMES = {}
+
+
+def dtype_name(dtype):
+    """``dtype.name``, remembered per dtype: NumPy builds the string anew on each
+    access (about 1 us, paid several times by every small call)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
+
+
 def as_float_array(values, name):
     """``values`` as an ndarray of a supported float dtype (no copy when possible)."""
     array = host_array(values)
-    if array.dtype.name not in _FLOAT_NAMES:
+    if dtype_name(array.dtype) not in _FLOAT_NAMES:
         hint = ""
         if _raw_halves(array.dtype) and array.dtype.kind == "V":
             hint = (" (raw 2-byte values, as np.save writes ml_dtypes.bfloat16 arrays: read them as bfloat16 "
@@ -115,7 +127,7 @@ def reinterpret(array, dtype, name="logits"):
 
 def storage_view(array):
     """The same memory with the dtype the kernels read (16-bit words for halves)."""
-    word = _HALF_STORAGE.get(array.dtype.name)
+    word = _HALF_STORAGE.get(dtype_name(array.dtype))
     return array.view(word) if word is not None else array
 
 
@@ -189,6 +201,10 @@ def _strided_rows(array, axis, writeable):
     batch_shape, length, step, shape, strides = row_layout(array.shape, array.strides, axis, array.itemsize)
     if array.size == 0:
         base = np.empty(0, dtype=array.dtype)
+    elif array.flags.c_contiguous:  # a flat view, without as_strided's few microseconds
+        base = array.reshape(-1)
+        if not writeable:
+            base.flags.writeable = False
     else:
         span = 1 + sum((n - 1) * s // array.itemsize for n, s in zip(array.shape, array.strides))
         base = as_strided(array, shape=(span,), strides=(array.itemsize,), writeable=writeable)

@@ -3,6 +3,8 @@
 import functools
 import inspect
 
+import numpy as np
+
 from . import cpu
 
 # DLPack device types that denote CUDA memory (kDLCUDA, kDLCUDAHost, kDLCUDAManaged)
@@ -11,6 +13,8 @@ _DLPACK_CUDA = {2, 3, 13}
 
 def is_cuda_array(obj):
     """True for Numba device arrays and objects exposing CUDA memory (CUDA array interface or DLPack)."""
+    if type(obj) is np.ndarray:  # the common case, answered without the protocol queries below
+        return False
     module = type(obj).__module__
     if module == "torch":  # the interface is a property that builds its dict (and raises for CPU tensors)
         return obj.is_cuda

@@ -159,15 +159,15 @@ def test_a_rows_result_does_not_depend_on_its_place_in_the_batch(n_classes, rng)
 @pytest.mark.parametrize("n_classes", [SHORT + 1, 100, kernels.MID_ROW])
 def test_a_rows_result_does_not_depend_on_its_groups_size(n_classes, rng):
     """Rows of up to MID_ROW entries come LANES to a group in a large batch and
-    fewer (at least 2) in a small one, so that it still makes MANY_TASKS
-    tasks: the same row gives the same bits either way."""
+    fewer (at least MIN_GROUP) in a small one, so that it still makes
+    MANY_TASKS tasks: the same row gives the same bits either way."""
     n = kernels.LANES * kernels.MANY_TASKS + 5
     assert kernels.rows_per_group(n_classes, n) == kernels.LANES
     x = logits_with_edge_rows(rng, n, n_classes, "float32")
     t = rng.integers(0, n_classes, n)
     whole = [nbce.logsumexp(x), nbce.cross_entropy(x, t, reduction="none"), *row_metrics(as_rows(x, -1), t, -100)]
-    for start, stop in ((0, 300), (1000, 4003)):  # groups of 2 and of 12
-        assert kernels.rows_per_group(n_classes, stop - start) < kernels.LANES
+    for start, stop in ((0, 300), (1000, 4003), (7, 30)):  # groups of 16, of 24, and of 16 and 7 (one thread)
+        assert kernels.MIN_GROUP <= kernels.rows_per_group(n_classes, stop - start) < kernels.LANES
         part = [nbce.logsumexp(x[start:stop]), nbce.cross_entropy(x[start:stop], t[start:stop], reduction="none"),
                 *row_metrics(as_rows(x[start:stop], -1), t[start:stop], -100)]
         for a, b in zip(whole, part):
@@ -207,8 +207,8 @@ def test_a_rows_result_does_not_depend_on_the_rows_read_beside_it(n_classes, rng
     taken in order (ignored rows are not read): ignoring other rows, or
     ending a batch with a short set whose places repeat its last row, must
     leave a row's figures as they were."""
-    n = 2 * kernels.ROWS_AT_ONCE * kernels.MANY_TASKS - 5  # groups of 8 rows, the last of 3
-    assert kernels.rows_per_group(n_classes, n) == 2 * kernels.ROWS_AT_ONCE
+    n = kernels.MIN_GROUP * kernels.MANY_TASKS - 13  # groups of 16 rows, the last of 3
+    assert kernels.rows_per_group(n_classes, n) == kernels.MIN_GROUP
     x = logits_with_edge_rows(rng, n, n_classes, "float32")
     t = rng.integers(0, n_classes, n)
     whole = row_metrics(as_rows(x, -1), t, -100)

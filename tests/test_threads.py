@@ -175,3 +175,37 @@ def test_evaluation_per_row_scratch_is_not_handed_out_or_shared(rng):
     with ThreadPoolExecutor(4) as pool:
         for i, results in enumerate(pool.map(run, range(8))):
             assert results == [alone[i % 3]] * 5
+
+
+def test_small_kernels_run_on_the_calling_thread_and_restore_its_thread_count(rng):
+    """``launch`` runs a kernel reading fewer than SERIAL_WORK elements with one
+    thread (waking the others costs more), restores the caller's count even
+    when the kernel raises, and leaves larger kernels alone; a small call's
+    results are the bits of the same rows scored with every thread."""
+    import numba
+
+    import nbce
+
+    seen = []
+
+    def kernel(tag):
+        seen.append((tag, numba.get_num_threads()))
+        if tag == "raises":
+            raise ZeroDivisionError(tag)
+        return tag
+
+    threads = numba.get_num_threads()
+    assert _threads.launch(kernel, _threads.SERIAL_WORK - 1, "small") == "small"
+    assert _threads.launch(kernel, _threads.SERIAL_WORK, "large") == "large"
+    with pytest.raises(ZeroDivisionError):
+        _threads.launch(kernel, 0, "raises")
+    assert seen == [("small", 1), ("large", threads), ("raises", 1)]
+    assert numba.get_num_threads() == threads
+
+    x = rng.standard_normal((4096, 100)).astype(np.float32)
+    t = rng.integers(0, 100, 4096)
+    assert 32 * 100 < _threads.SERIAL_WORK <= x.size
+    whole = nbce.cross_entropy(x, t, reduction="none")
+    np.testing.assert_array_equal(nbce.cross_entropy(x[:32], t[:32], reduction="none"), whole[:32])
+    np.testing.assert_array_equal(nbce.log_softmax(x[:32]), nbce.log_softmax(x)[:32])
+    assert numba.get_num_threads() == threads

@@ -13,7 +13,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import _checks
 from .. import _arrays
 from .._arrays import as_rows, host_array
-from .._threads import launches
+from .._threads import launch, launches
 from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "output_rows", "class_weight",
@@ -35,12 +35,17 @@ def target_dtype(target):
     return host_array(target).dtype
 
 
+def _work(rows):
+    """The elements a kernel over ``rows`` reads (``launch``'s measure of its size)."""
+    return rows.n_rows * rows.length
+
+
 @launches
 def softmax_stats(rows, with_entropy, stream=None):
     """(logsumexp, entropy) per row."""
     lse = np.empty(rows.n_rows, dtype=np.float64)
     entropy = np.empty(rows.n_rows, dtype=np.float64)
-    kernels.softmax_stats_rows(rows.base, rows.geom, rows.length, with_entropy, lse, entropy)
+    launch(kernels.softmax_stats_rows, _work(rows), rows.base, rows.geom, rows.length, with_entropy, lse, entropy)
     return lse, entropy
 
 
@@ -59,7 +64,7 @@ def normalize(rows, exponentiate, dtype, stream=None, out=None):
         # loop; two views of one memory fail its run-time overlap check and
         # leave the loop scalar (softmax in place ran 6x slower).
         rows = out
-    kernels.normalize_rows(rows.base, rows.geom, rows.length, exponentiate, out.base, out.geom)
+    launch(kernels.normalize_rows, _work(rows), rows.base, rows.geom, rows.length, exponentiate, out.base, out.geom)
     return result
 
 
@@ -100,8 +105,8 @@ def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, 
     indices = _checks.class_indices(target, rows.length, ignore_index)
     loss = _per_row(rows.n_rows, keep, 0)
     target_weight = _per_row(rows.n_rows, keep, 1)
-    kernels.class_index_rows(rows.base, rows.geom, rows.length, indices, weight, ignore_index,
-                             smoothing, input_type, loss, target_weight)
+    launch(kernels.class_index_rows, _work(rows), rows.base, rows.geom, rows.length, indices, weight,
+           ignore_index, smoothing, input_type, loss, target_weight)
     return loss, target_weight
 
 
@@ -134,8 +139,8 @@ def _per_row(n_rows, keep, slot, dtype=np.float64):
 def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=None):
     """Loss per row for class-probability targets."""
     loss = np.empty(rows.n_rows, dtype=np.float64)
-    kernels.soft_target_rows(rows.base, rows.geom, rows.length, target_rows.base, target_rows.geom,
-                             weight, smoothing, input_type, loss)
+    launch(kernels.soft_target_rows, _work(rows), rows.base, rows.geom, rows.length, target_rows.base,
+           target_rows.geom, weight, smoothing, input_type, loss)
     return loss
 
 
@@ -149,8 +154,8 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=None, *, keep=True
     n = rows.n_rows
     loss, entropy, confidence = (_per_row(n, keep, slot) for slot in range(3))
     rank = _per_row(n, keep, 3, np.int64)
-    kernels.metric_rows(rows.base, rows.geom, rows.length, indices, ignore_index, loss, rank, entropy,
-                        confidence)
+    launch(kernels.metric_rows, _work(rows), rows.base, rows.geom, rows.length, indices, ignore_index, loss, rank,
+           entropy, confidence)
     return loss, rank, entropy, confidence
 
 
@@ -218,9 +223,9 @@ def binary_loss(from_logits, x, y, weight, pos_weight, elementwise_dtype, stream
     n_chunks = -(-n_elements // kernels.BINARY_CHUNK)
     chunk_sums = np.empty(n_chunks, dtype=np.float64)
     bad = np.empty(n_chunks, dtype=np.int64)
-    kernels.binary_chunks(from_logits, n_elements, x_rows.length, x_rows.base, x_rows.geom, y_rows.base,
-                          y_rows.geom, w_rows.base, w_rows.geom, pw_rows.base, pw_rows.geom, elementwise,
-                          chunk_sums, bad)
+    launch(kernels.binary_chunks, n_elements, from_logits, n_elements, x_rows.length, x_rows.base, x_rows.geom,
+           y_rows.base, y_rows.geom, w_rows.base, w_rows.geom, pw_rows.base, pw_rows.geom, elementwise, chunk_sums,
+           bad)
     if bad.any():
         _checks.raise_outside_unit_interval(x, y)
     return (elementwise if store else None), chunk_sums
@@ -250,11 +255,11 @@ def reduce(values, reduction, dtype, denominator, stream=None):
     PyTorch (its mean of the target terms is 0/0 even when label smoothing
     adds a non-zero sum)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        total = np.sum(values)
+        total = values.sum()
         if reduction == "sum":
             return dtype.type(total)
         if not np.isscalar(denominator):
-            denominator = np.sum(denominator)
+            denominator = denominator.sum()
         if denominator == 0:
             return dtype.type(np.nan)
         return dtype.type(np.float64(total) / np.float64(denominator))

@@ -1,7 +1,8 @@
 """The element-wise output pass of log_softmax and softmax (one row, serial).
 
-Given a row's statistics from the row pass (``_rows.log_normalizer``: the
-row maximum c and log s, s = sum_j exp(x_j - c)), every entry is written once:
+Given a row's statistics from the row pass (``kernels.group_stats``, as
+logsumexp forms them: the row maximum c and log s, s = sum_j exp(x_j - c)),
+every entry is written once:
 
     log_softmax:  log p_j = (x_j - c) - log s
     softmax:      p_j = exp(log p_j)

@@ -544,13 +544,6 @@ def logsumexp_of(shift, log_total):
 
 
 @njit(**JIT_OPTIONS)
-def log_normalizer(row):
-    """(c, log s) of one row; see ``row_stats``."""
-    shift, log_total, _, _, _ = row_stats(row, False, False, widen(row[0]))
-    return shift, log_total
-
-
-@njit(**JIT_OPTIONS)
 def log_prob(value, shift, log_total, input_type):
     """log p of one entry, given its row's (c, log s) (read for logits only)."""
     x = np.float64(value)

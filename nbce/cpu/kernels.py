@@ -33,7 +33,6 @@ from ._rows import (
     REST,
     SHIFT,
     TOP,
-    log_normalizer,
     column_sums,
     log_prob,
     log_softmax_entry,
@@ -75,12 +74,6 @@ def load_row_at(base, start, step, n):
     return row
 
 
-@njit(**JIT_OPTIONS)
-def load_row(base, geom, n, r):
-    """Row ``r`` as a contiguous array (see ``load_row_at``)."""
-    return load_row_at(base, row_offset(geom, r), geom[0], n)
-
-
 # A task of the row kernels is a group of consecutive rows, so that short rows
 # share the per-task costs and the logarithms of their statistics run as one
 # vector loop (``_rows.log_stats_table``).  Rows of at most SHORT_ROW entries
@@ -89,11 +82,13 @@ def load_row(base, geom, n, r):
 # rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
 # rows are read four at a time up to a block (``_rows.short_rows_sums``),
 # one by one beyond (``_rows.row_sums``).  Up to MID_ROW entries groups
-# take up to LANES rows, fewer (at least 2) only to make MANY_TASKS tasks
-# of a small batch, and their tables are as wide as their rows rounded up
-# to ``_rows.TABLE_STEP`` (tables LANES wide made groups of 32 rows of 100
-# entries pay the logarithms of 128 columns); beyond MID_ROW a group is one
-# row (a table of one column).  SHORT_ROW is where the two layouts
+# take up to LANES rows, fewer (at least MIN_GROUP) only to make MANY_TASKS
+# tasks of a small batch (a group's own costs, its scratch arrays and
+# tables, are a few hundred nanoseconds: groups of 2 rows made a 512x100
+# cross_entropy take 71 us, groups of 16 take 44), and their tables are
+# as wide as their rows rounded up to ``_rows.TABLE_STEP`` (tables LANES
+# wide made groups of 32 rows of 100 entries pay the logarithms of 128
+# columns); beyond MID_ROW a group is one row (a table of one column).  SHORT_ROW is where the two layouts
 # cost the same (README, "Performance").  A row's arithmetic does not
 # depend on its group's size (2 or more) or its place in it (``lanes``), and
 # the split between one-row groups and the others depends on the row length
@@ -102,6 +97,7 @@ GROUP_ELEMENTS = 4096
 SHORT_ROW = 48
 MID_ROW = 2048
 MANY_TASKS = 128
+MIN_GROUP = 16
 # Columns of the per-group arrays: a multiple of every vector loop's step
 # (vector width times interleave: 64 float32 values for AVX-512, with room
 # for a larger interleave); see ``lanes``.
@@ -118,7 +114,7 @@ def rows_per_group(n_classes, n_rows):
     if n_classes <= SHORT_ROW:
         return max(LANES, GROUP_ELEMENTS // n_classes // LANES * LANES)
     if n_classes <= MID_ROW:
-        return max(2, min(LANES, (n_rows + MANY_TASKS - 1) // MANY_TASKS))
+        return max(MIN_GROUP, min(LANES, (n_rows + MANY_TASKS - 1) // MANY_TASKS))
     return 1
 
 
@@ -357,19 +353,26 @@ def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom):
     """Row r of the output (``(out_base, out_geom)``, writable, any strides)
     = (x_r - c_r) - log s_r (log_softmax), or its exp (softmax), in the row's
     compute type (see ``_normalize``); (c_r, log s_r) from the
-    row pass.  Each output element is written once."""
-    out_step = out_geom[0]
-    for r in prange(_row_count(out_geom)):
-        row = load_row(base, geom, n_classes, r)
-        shift, log_total = log_normalizer(row)
-        start = row_offset(out_geom, r)
-        # One call per layout: a contiguous destination keeps its own
-        # (vectorized) compilation instead of sharing the strided one.
-        if out_step == 1:
-            write_normalized(row, shift, log_total, exponentiate, out_base[start:start + n_classes])
-        else:
-            write_normalized(row, shift, log_total, exponentiate,
-                             out_base[start:start + (n_classes - 1) * out_step + 1:out_step])
+    row pass, a group of rows at a time as ``logsumexp`` forms them (short
+    rows pay no per-row statistics pass).  Each output element is written once."""
+    step, out_step = geom[0], out_geom[0]
+    n_rows = _row_count(out_geom)
+    size = rows_per_group(n_classes, n_rows)
+    for g in prange(n_groups(n_rows, size)):
+        first, picks, starts, sums, logs = group_scratch(g, size, n_rows, n_classes)
+        picks[:] = 0
+        group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
+        for i in range(picks.size):
+            row = load_row_at(base, starts[i], step, n_classes)
+            shift, log_total = logs[LOG_SHIFT, i], logs[LOG_TOTAL, i]
+            start = row_offset(out_geom, first + i)
+            # One call per layout: a contiguous destination keeps its own
+            # (vectorized) compilation instead of sharing the strided one.
+            if out_step == 1:
+                write_normalized(row, shift, log_total, exponentiate, out_base[start:start + n_classes])
+            else:
+                write_normalized(row, shift, log_total, exponentiate,
+                                 out_base[start:start + (n_classes - 1) * out_step + 1:out_step])
 
 
 @njit(**JIT_OPTIONS)
