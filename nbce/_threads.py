@@ -112,6 +112,10 @@ _forked_after_gnu_openmp = False
 # and 32x1000 two threads break even or win.  Results do not depend on the
 # thread count.
 SERIAL_WORK = 1 << 14
+# Tasks a row kernel splits a small batch into, per thread (see the row
+# kernels' ``rows_per_group``): enough for the threads to even out, few
+# enough that each task's fixed costs stay small beside its rows'.
+TASKS_PER_THREAD = 8
 
 
 def _after_fork_in_child():
@@ -123,6 +127,12 @@ def _after_fork_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def n_tasks():
+    """How many tasks a row kernel launched now should make of a small batch:
+    TASKS_PER_THREAD per thread of this thread's Numba thread count."""
+    return numba.get_num_threads() * TASKS_PER_THREAD
 
 
 def launch(kernel, work, *args):

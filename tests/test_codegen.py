@@ -124,7 +124,7 @@ def test_contiguous_output_rows_get_the_contiguous_specialization():
     out = np.empty_like(x)
     rows, out_rows = as_rows(x, 1), output_rows(out, 1)
     fresh = njit(**{**ELEMENTWISE_JIT_OPTIONS, "cache": False})(kernels.normalize_rows.py_func)
-    fresh(rows.base, rows.geom, rows.length, True, out_rows.base, out_rows.geom)
+    fresh(rows.base, rows.geom, rows.length, True, out_rows.base, out_rows.geom, 16)
     layouts = {signature[-1].layout for signature in _normalize.write_normalized.signatures}
     assert "C" in layouts
 

@@ -13,6 +13,7 @@ import pytest
 import nbce
 import reference as ref
 from conftest import FLOAT_DTYPES, assert_close, np_dtype
+from nbce import _threads
 from nbce._arrays import as_rows
 from nbce.cpu import kernels, row_metrics
 
@@ -25,7 +26,7 @@ HUGE = {"float64": 3e38, "float32": 3e38, "float16": 6e4, "bfloat16": 3e38}
 def n_rows_for(n_classes):
     """Two whole groups of a large batch's size and a partial one (a batch
     this small may be grouped smaller: see the grouping test below)."""
-    return 2 * int(kernels.rows_per_group(n_classes, 2**20)) + 3
+    return 2 * int(kernels.rows_per_group(n_classes, 2**20, _threads.n_tasks())) + 3
 
 
 def logits_with_edge_rows(rng, n_rows, n_classes, dtype):
@@ -159,15 +160,16 @@ def test_a_rows_result_does_not_depend_on_its_place_in_the_batch(n_classes, rng)
 @pytest.mark.parametrize("n_classes", [SHORT + 1, 100, kernels.MID_ROW])
 def test_a_rows_result_does_not_depend_on_its_groups_size(n_classes, rng):
     """Rows of up to MID_ROW entries come LANES to a group in a large batch and
-    fewer (at least MIN_GROUP) in a small one, so that it still makes
-    MANY_TASKS tasks: the same row gives the same bits either way."""
-    n = kernels.LANES * kernels.MANY_TASKS + 5
-    assert kernels.rows_per_group(n_classes, n) == kernels.LANES
+    fewer (at least MIN_GROUP) in a small one, so that it still makes a few
+    tasks per thread: the same row gives the same bits either way."""
+    tasks = _threads.n_tasks()
+    n = kernels.LANES * tasks + 5
+    assert kernels.rows_per_group(n_classes, n, tasks) == kernels.LANES
     x = logits_with_edge_rows(rng, n, n_classes, "float32")
     t = rng.integers(0, n_classes, n)
     whole = [nbce.logsumexp(x), nbce.cross_entropy(x, t, reduction="none"), *row_metrics(as_rows(x, -1), t, -100)]
-    for start, stop in ((0, 300), (1000, 4003), (7, 30)):  # groups of 16, of 24, and of 16 and 7 (one thread)
-        assert kernels.MIN_GROUP <= kernels.rows_per_group(n_classes, stop - start) < kernels.LANES
+    for start, stop in ((0, 300), (100, 100 + 60 * tasks + 1), (7, 30)):  # the last: 16 and 7 rows, one thread
+        assert kernels.MIN_GROUP <= kernels.rows_per_group(n_classes, stop - start, tasks) < kernels.LANES
         part = [nbce.logsumexp(x[start:stop]), nbce.cross_entropy(x[start:stop], t[start:stop], reduction="none"),
                 *row_metrics(as_rows(x[start:stop], -1), t[start:stop], -100)]
         for a, b in zip(whole, part):
@@ -207,8 +209,9 @@ def test_a_rows_result_does_not_depend_on_the_rows_read_beside_it(n_classes, rng
     taken in order (ignored rows are not read): ignoring other rows, or
     ending a batch with a short set whose places repeat its last row, must
     leave a row's figures as they were."""
-    n = kernels.MIN_GROUP * kernels.MANY_TASKS - 13  # groups of 16 rows, the last of 3
-    assert kernels.rows_per_group(n_classes, n) == kernels.MIN_GROUP
+    tasks = _threads.n_tasks()
+    n = kernels.MIN_GROUP * (tasks - 1) + 3  # groups of 16 rows, the last of 3
+    assert kernels.rows_per_group(n_classes, n, tasks) == kernels.MIN_GROUP
     x = logits_with_edge_rows(rng, n, n_classes, "float32")
     t = rng.integers(0, n_classes, n)
     whole = row_metrics(as_rows(x, -1), t, -100)

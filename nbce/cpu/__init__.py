@@ -13,7 +13,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import _checks
 from .. import _arrays
 from .._arrays import as_rows, host_array
-from .._threads import launch, launches
+from .._threads import launch, launches, n_tasks
 from . import kernels
 
 __all__ = ["as_float_array", "as_rows", "resolve_stream", "target_dtype", "softmax_stats", "row_statistic", "normalize", "output_rows", "class_weight",
@@ -45,7 +45,8 @@ def softmax_stats(rows, with_entropy, stream=None):
     """(logsumexp, entropy) per row."""
     lse = np.empty(rows.n_rows, dtype=np.float64)
     entropy = np.empty(rows.n_rows, dtype=np.float64)
-    launch(kernels.softmax_stats_rows, _work(rows), rows.base, rows.geom, rows.length, with_entropy, lse, entropy)
+    launch(kernels.softmax_stats_rows, _work(rows), rows.base, rows.geom, rows.length, with_entropy, lse, entropy,
+           n_tasks())
     return lse, entropy
 
 
@@ -64,7 +65,8 @@ def normalize(rows, exponentiate, dtype, stream=None, out=None):
         # loop; two views of one memory fail its run-time overlap check and
         # leave the loop scalar (softmax in place ran 6x slower).
         rows = out
-    launch(kernels.normalize_rows, _work(rows), rows.base, rows.geom, rows.length, exponentiate, out.base, out.geom)
+    launch(kernels.normalize_rows, _work(rows), rows.base, rows.geom, rows.length, exponentiate, out.base, out.geom,
+           n_tasks())
     return result
 
 
@@ -106,7 +108,7 @@ def class_index_loss(rows, target, weight, ignore_index, smoothing, input_type, 
     loss = _per_row(rows.n_rows, keep, 0)
     target_weight = _per_row(rows.n_rows, keep, 1)
     launch(kernels.class_index_rows, _work(rows), rows.base, rows.geom, rows.length, indices, weight,
-           ignore_index, smoothing, input_type, loss, target_weight)
+           ignore_index, smoothing, input_type, loss, target_weight, n_tasks())
     return loss, target_weight
 
 
@@ -140,7 +142,7 @@ def soft_target_loss(rows, target_rows, weight, smoothing, input_type, stream=No
     """Loss per row for class-probability targets."""
     loss = np.empty(rows.n_rows, dtype=np.float64)
     launch(kernels.soft_target_rows, _work(rows), rows.base, rows.geom, rows.length, target_rows.base,
-           target_rows.geom, weight, smoothing, input_type, loss)
+           target_rows.geom, weight, smoothing, input_type, loss, n_tasks())
     return loss
 
 
@@ -155,7 +157,7 @@ def row_metrics(rows, target, ignore_index, origin=(), stream=None, *, keep=True
     loss, entropy, confidence = (_per_row(n, keep, slot) for slot in range(3))
     rank = _per_row(n, keep, 3, np.int64)
     launch(kernels.metric_rows, _work(rows), rows.base, rows.geom, rows.length, indices, ignore_index, loss, rank,
-           entropy, confidence)
+           entropy, confidence, n_tasks())
     return loss, rank, entropy, confidence
 
 

@@ -82,21 +82,22 @@ def load_row_at(base, start, step, n):
 # rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
 # rows are read four at a time up to a block (``_rows.short_rows_sums``),
 # one by one beyond (``_rows.row_sums``).  Up to MID_ROW entries groups
-# take up to LANES rows, fewer (at least MIN_GROUP) only to make MANY_TASKS
-# tasks of a small batch (a group's own costs, its scratch arrays and
-# tables, are a few hundred nanoseconds: groups of 2 rows made a 512x100
-# cross_entropy take 71 us, groups of 16 take 44), and their tables are
-# as wide as their rows rounded up to ``_rows.TABLE_STEP`` (tables LANES
-# wide made groups of 32 rows of 100 entries pay the logarithms of 128
-# columns); beyond MID_ROW a group is one row (a table of one column).  SHORT_ROW is where the two layouts
-# cost the same (README, "Performance").  A row's arithmetic does not
-# depend on its group's size (2 or more) or its place in it (``lanes``), and
-# the split between one-row groups and the others depends on the row length
-# only, so results are reproducible.
+# take up to LANES rows, fewer (at least MIN_GROUP) only to make ``n_tasks``
+# tasks of a small batch (the caller's number, ``nbce._threads.n_tasks``: a
+# few per thread).  A group's own costs, its scratch arrays and tables, are
+# a few hundred nanoseconds: groups of 2 rows made a 512x100 cross_entropy
+# take 71 us, groups of 16 take 44, and 128 tasks for 4096 rows of 100
+# classes on two threads cost 15 % more than 32.  Their tables are as wide
+# as their rows rounded up to ``_rows.TABLE_STEP`` (tables LANES wide made
+# groups of 32 rows of 100 entries pay the logarithms of 128 columns); beyond
+# MID_ROW a group is one row (a table of one column).  SHORT_ROW is where the
+# two layouts cost the same (README, "Performance").  A row's arithmetic
+# does not depend on its group's size (2 or more) or its place in it
+# (``lanes``), and the split between one-row groups and the others depends on
+# the row length only, so results are reproducible.
 GROUP_ELEMENTS = 4096
 SHORT_ROW = 48
 MID_ROW = 2048
-MANY_TASKS = 128
 MIN_GROUP = 16
 # Columns of the per-group arrays: a multiple of every vector loop's step
 # (vector width times interleave: 64 float32 values for AVX-512, with room
@@ -110,11 +111,11 @@ PREFETCH_AHEAD = 8
 
 
 @njit(**JIT_OPTIONS)
-def rows_per_group(n_classes, n_rows):
+def rows_per_group(n_classes, n_rows, n_tasks):
     if n_classes <= SHORT_ROW:
         return max(LANES, GROUP_ELEMENTS // n_classes // LANES * LANES)
     if n_classes <= MID_ROW:
-        return max(MIN_GROUP, min(LANES, (n_rows + MANY_TASKS - 1) // MANY_TASKS))
+        return max(MIN_GROUP, min(LANES, (n_rows + n_tasks - 1) // n_tasks))
     return 1
 
 
@@ -336,9 +337,9 @@ def target_group(base, geom, n_classes, g, size, n_rows, target, ignore_index, r
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out):
+def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out, n_tasks):
     """Per row: logsumexp, and the softmax entropy when ``with_entropy``."""
-    size = rows_per_group(n_classes, lse_out.size)
+    size = rows_per_group(n_classes, lse_out.size, n_tasks)
     for g in prange(n_groups(lse_out.size, size)):
         first, picks, starts, sums, logs = group_scratch(g, size, lse_out.size, n_classes)
         picks[:] = 0
@@ -349,7 +350,7 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
-def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom):
+def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom, n_tasks):
     """Row r of the output (``(out_base, out_geom)``, writable, any strides)
     = (x_r - c_r) - log s_r (log_softmax), or its exp (softmax), in the row's
     compute type (see ``_normalize``); (c_r, log s_r) from the
@@ -357,7 +358,7 @@ def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom):
     rows pay no per-row statistics pass).  Each output element is written once."""
     step, out_step = geom[0], out_geom[0]
     n_rows = _row_count(out_geom)
-    size = rows_per_group(n_classes, n_rows)
+    size = rows_per_group(n_classes, n_rows, n_tasks)
     for g in prange(n_groups(n_rows, size)):
         first, picks, starts, sums, logs = group_scratch(g, size, n_rows, n_classes)
         picks[:] = 0
@@ -386,7 +387,7 @@ def _row_count(geom):
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smoothing, input_type,
-                     loss_out, weight_out):
+                     loss_out, weight_out, n_tasks):
     """Cross-entropy with class-index targets, PyTorch's formula per row:
 
     loss_r = -(1 - eps) w[t_r] log p_r[t_r] - (eps / C) sum_c w[c] log p_r[c]
@@ -400,7 +401,7 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
     spread = smoothing / n_classes
     readable = n_classes if weight.size >= n_classes else 0
     step = geom[0]
-    size = rows_per_group(n_classes, loss_out.size)
+    size = rows_per_group(n_classes, loss_out.size, n_tasks)
     for g in prange(n_groups(loss_out.size, size)):
         first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
                                                  readable, input_type == LOGITS, False, False)
@@ -426,11 +427,11 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
-def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, input_type, loss_out):
+def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, input_type, loss_out, n_tasks):
     """Cross-entropy with class probabilities: loss_r = -sum_c w[c] y'_rc log p_rc."""
     t_step = t_geom[0]
     step = geom[0]
-    size = rows_per_group(n_classes, loss_out.size)
+    size = rows_per_group(n_classes, loss_out.size, n_tasks)
     for g in prange(n_groups(loss_out.size, size)):
         first, picks, starts, sums, logs = group_scratch(g, size, loss_out.size, n_classes)
         picks[:] = 0 if input_type == LOGITS else -1
@@ -444,7 +445,7 @@ def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, i
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
 def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out, entropy_out,
-                confidence_out):
+                confidence_out, n_tasks):
     """Every per-row evaluation metric in one read of the row:
 
     loss       = -log p_t = -((x_t - c) - log s)     (cross-entropy, nats)
@@ -458,7 +459,7 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
     rank ``UNDEFINED_ROW`` and NaN statistics.
     """
     step = geom[0]
-    size = rows_per_group(n_classes, loss_out.size)
+    size = rows_per_group(n_classes, loss_out.size, n_tasks)
     for g in prange(n_groups(loss_out.size, size)):
         first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
                                                  n_classes, True, True, True)
