@@ -74,6 +74,7 @@ def _raw_halves(dtype):
 
 
 _DTYPE_NAMES = {}
+_MAX_DTYPE_NAMES = 64
 
 
 def dtype_name(dtype):
@@ -81,7 +82,9 @@ def dtype_name(dtype):
     access (about 1 us, paid several times by every small call)."""
     name = _DTYPE_NAMES.get(dtype)
     if name is None:
-        name = _DTYPE_NAMES[dtype] = dtype.name
+        name = dtype.name
+        if len(_DTYPE_NAMES) < _MAX_DTYPE_NAMES:  # structured dtypes made afresh per call must not pile up
+            _DTYPE_NAMES[dtype] = name
     return name
 
 
@@ -201,7 +204,9 @@ def _strided_rows(array, axis, writeable):
     batch_shape, length, step, shape, strides = row_layout(array.shape, array.strides, axis, array.itemsize)
     if array.size == 0:
         base = np.empty(0, dtype=array.dtype)
-    elif array.flags.c_contiguous:  # a flat view, without as_strided's few microseconds
+    elif type(array) is np.ndarray and array.flags.c_contiguous:
+        # A flat view without as_strided's few microseconds; not for subclasses
+        # (an np.matrix stays 2-D when reshaped).
         base = array.reshape(-1)
         if not writeable:
             base.flags.writeable = False

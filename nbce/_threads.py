@@ -144,8 +144,8 @@ def launch(kernel, work, *args):
     threads = numba.get_num_threads()
     if threads == 1:
         return kernel(*args)
-    numba.set_num_threads(1)
     try:
+        numba.set_num_threads(1)
         return kernel(*args)
     finally:
         numba.set_num_threads(threads)

@@ -168,7 +168,7 @@ def test_a_rows_result_does_not_depend_on_its_groups_size(n_classes, rng):
     x = logits_with_edge_rows(rng, n, n_classes, "float32")
     t = rng.integers(0, n_classes, n)
     whole = [nbce.logsumexp(x), nbce.cross_entropy(x, t, reduction="none"), *row_metrics(as_rows(x, -1), t, -100)]
-    for start, stop in ((0, 300), (100, 100 + 60 * tasks + 1), (7, 30)):  # the last: 16 and 7 rows, one thread
+    for start, stop in ((0, 300), (100, 100 + 60 * tasks + 1), (7, 30)):  # the last: 16 and 7 rows (one thread below SERIAL_WORK)
         assert kernels.MIN_GROUP <= kernels.rows_per_group(n_classes, stop - start, tasks) < kernels.LANES
         part = [nbce.logsumexp(x[start:stop]), nbce.cross_entropy(x[start:stop], t[start:stop], reduction="none"),
                 *row_metrics(as_rows(x[start:stop], -1), t[start:stop], -100)]

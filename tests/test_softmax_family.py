@@ -317,6 +317,21 @@ def test_in_place(name, dtype, view, rng):
     assert_close(x, expected, dtype)
 
 
+@pytest.mark.parametrize("name", NORMALIZERS)
+def test_ndarray_subclass_out_and_in_place(name, rng):
+    """An ``out=`` of an ndarray subclass (np.matrix stays 2-D when reshaped,
+    memmaps are subclasses too) is written through a flat view of its memory."""
+    ours, theirs = NORMALIZERS[name]
+    x = make_logits(rng, (4, 50), "float32")
+    expected = theirs(x)
+    out = np.full(x.shape, np.nan, np.float32).view(np.matrix)
+    assert ours(x, out=out) is out
+    assert_close(np.asarray(out), expected, "float32")
+    inside = x.copy().view(np.matrix)
+    assert ours(inside, out=inside) is inside
+    assert_close(np.asarray(inside), expected, "float32")
+
+
 def test_empty_batch_and_one_dimensional_out(rng):
     x = np.zeros((0, 5), np.float32)
     out = np.empty((0, 5), np.float32)
