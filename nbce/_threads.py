@@ -25,6 +25,10 @@ and every CPU launch goes through ``launches``, which serialises nbce's
 launches under ``workqueue`` (so threads take turns instead of aborting) and
 raises ``RuntimeError`` in a child forked after GNU OpenMP started (instead of
 the child being killed).  A layer chosen by the user is never overridden.
+
+It also sizes launches: a small kernel runs on the calling thread alone
+(``launch``), and a small batch is split into a few tasks per thread
+(``n_tasks``).
 """
 
 import ctypes
