@@ -287,7 +287,7 @@ def row_sums(row, with_entropy, count_above, pivot):
     ``count_above``; each block is counted while it is still in L1, so the row
     is read from memory once.  A NaN anywhere gives a NaN max (and NaN
     everything else, above 0); a +inf gives a +inf max.  The logarithms are
-    left to the caller (``log_stats``, or ``log_stats_vector`` over many rows).
+    left to the caller (``log_stats_table``, over a group's rows).
     """
     shift = 0.0
     running_max = -np.inf
@@ -436,34 +436,6 @@ def column_sums(columns, count, pivots, with_entropy, count_above, sums):
         sums[MOMENT, i], sums[TOP, i], sums[ABOVE, i] = np.float64(moment[i]), np.float64(top), above[i]
 
 
-@njit(**JIT_OPTIONS)
-def log_stats(shift, ones, rest, moment, top):
-    """(c, log s, entropy) from ``row_sums``, with libm's log and log1p:
-
-    log s = log(ones) + log1p(rest / ones),   entropy = log s - t / s.
-
-    A NaN row gives (nan, nan, nan); a +inf row (inf, nan, nan): every
-    log-probability of such a row is NaN, as in PyTorch, while its logsumexp
-    is +inf.  An all -inf row gives (0, -inf, nan).
-    """
-    if top != top:
-        return np.nan, np.nan, np.nan
-    if top == np.inf:
-        return np.inf, np.nan, np.nan
-    if ones == 0.0:  # every entry is -inf: s = 0
-        return shift, -np.inf, np.nan
-    log_total = np.log(ones) + np.log1p(rest / ones)
-    return shift, log_total, log_total - moment / (ones + rest)
-
-
-@njit(**JIT_OPTIONS)
-def row_stats(row, with_entropy, count_above, pivot):
-    """(c, log s, entropy, max, above) of one row; see ``row_sums`` and ``log_stats``."""
-    shift, ones, rest, moment, top, above = row_sums(row, with_entropy, count_above, pivot)
-    shift, log_total, entropy = log_stats(shift, ones, rest, moment, top)
-    return shift, log_total, entropy, top, above
-
-
 @njit(**ELEMENTWISE_JIT_OPTIONS)
 def log_softmax_entry(value, shift, log_total):
     """log p_j = (x_j - c) - log s, in this order.
@@ -500,12 +472,18 @@ TABLE_STEP = 16
 
 @njit(**ELEMENTWISE_JIT_OPTIONS)
 def log_stats_table(sums, logs, count):
-    """``log_stats`` for the first ``count`` columns of ``sums`` (filled by
-    ``row_sums``) into ``logs``, with the vectorizable ``vlog``,
+    """(c, log s, entropy, confidence) for the first ``count`` columns of
+    ``sums`` (filled by ``row_sums``) into ``logs``:
+
+        log s = log(ones) + log1p(rest / ones)   (see ``log_sum``),   entropy = log s - t / s,
+
+    with the vectorizable ``vlog``,
     ``log1p_unit`` and ``vexp`` instead of libm: one vector loop over the rows
     of a group replaces a libm log, log1p and exp per row.  Writes c (+inf
     for a row holding +inf), log s, the entropy and the confidence
-    exp((max - c) - log s); the special rows give what ``log_stats`` gives.
+    exp((max - c) - log s).  A NaN row gives NaN throughout; a +inf row
+    (c, log s) = (inf, nan): every log-probability of such a row is NaN, as in
+    PyTorch, while its logsumexp is +inf; an all -inf row gives log s = -inf.
     ``count`` is a multiple of TABLE_STEP, or 1.
     """
     if count % TABLE_STEP:  # one long row: a view per table row would cost more than the row's logarithms
