@@ -151,3 +151,16 @@ def test_sums_in_the_extrema_pass_match_the_split_sums(rng, dtype):
         assert ones == 0
         rtol = 1e-13 if dtype == "float64" else 1e-5
         np.testing.assert_allclose([total, moment], [rest, expected_moment], rtol=rtol)
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 7, 10, 15, 49, 100, 999, 1000])
+def test_calibration_bin_equals_a_search_of_the_edges(rng, n_bins):
+    """edges[b] < c <= edges[b + 1], c = 0 in bin 0 and c > 1 in the last,
+    for confidences on every edge, one ulp either side, and random ones."""
+    edges = _tally.calibration_edges(n_bins)
+    confidence = np.concatenate([edges, np.nextafter(edges, -1.0), np.nextafter(edges, 2.0), rng.random(2000),
+                                 [0.0, 1.0, 1.0 + 2.0**-52, 1.5]])
+    confidence = confidence[confidence >= 0]
+    expected = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    got = np.array([_tally.calibration_bin(c, edges) for c in confidence])
+    np.testing.assert_array_equal(got, expected)

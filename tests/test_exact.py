@@ -95,3 +95,36 @@ def test_ratio_of_non_finite_or_empty_sums():
     assert math.isnan(_exact.ratio((0, 0.0), (0, 0.0)))
     assert _exact.ratio((0, math.inf), (1 << _exact._SHIFT, 0.0)) == math.inf
     assert math.isnan(_exact.ratio((0, math.inf), (0, math.inf)))
+
+
+@njit(**_exact.JIT_NO_NRT)
+def _add_runs(bins, pending, special, values, repeats, run):
+    """Each value ``repeats`` times, in runs of ``run`` additions."""
+    n = 0
+    for _ in range(repeats):
+        for j in range(values.size):
+            _exact.add_in_run(bins, special, 0, values[j])
+            n += 1
+            if n == run:
+                _exact.end_run(bins, pending, 0)
+                n = 0
+    _exact.end_run(bins, pending, 0)
+
+
+@given(st.lists(finite, max_size=60), st.integers(1, 7))
+def test_runs_of_additions_are_exact(values, repeats):
+    sums = _exact.accumulators(1)
+    _add_runs(*sums, np.asarray(values, dtype=np.float64), repeats, _exact.RUN)
+    assert _exact.value(*sums, 0) == rounded(repeats * sum(map(Fraction, values)))
+
+
+def test_a_full_run_of_the_largest_integers_is_exact():
+    # every bit of the integer set: a run moves the two bins by the whole
+    # 2**53 a run allows, the next one of the other sign takes it back
+    values = np.array([2.0**53 - 1, -(2.0**53 - 1), 2.0**-1022 * (1 - 2.0**-52)])
+    sums = _exact.accumulators(1)
+    _add_runs(*sums, values[:1], _exact.RUN, _exact.RUN)
+    _add_runs(*sums, values[1:2], _exact.RUN - 1, _exact.RUN)
+    _add_runs(*sums, values[2:], 1000, 1)
+    expected = Fraction(values[0]) + 1000 * Fraction(values[2])  # the two runs cancel but for one value
+    assert _exact.total(*sums, 0)[0] == expected * 2**_exact._SHIFT
