@@ -260,6 +260,7 @@ def add_digits(bins, pending, special, digits, added):
 # Base-2**DIGIT_BITS digits of a set of bins: enough for every bin's bits and
 # the carries out of the highest.
 _BIN_DIGITS = _N_BINS // DIGIT_BITS + 4
+_ZERO_RUN = 64
 
 
 @njit(**_JIT)
@@ -271,16 +272,27 @@ def _bins_to_digits(bins, digits):
     for i in range(bins.shape[0]):
         for g in range(_BIN_DIGITS):
             digits[i, g] = 0
-        for j in range(_N_BINS):
-            b = bins[i, j]
-            if b == 0:
+        # Almost every bin is zero: runs of _ZERO_RUN bins are tested at once
+        # (a vector OR), and only a run holding bits is gone through bin by bin
+        # (40 -> 21 us for the 51 sums of the default metrics).
+        for start in range(0, _N_BINS, _ZERO_RUN):
+            run = bins[i, start:min(start + _ZERO_RUN, _N_BINS)]
+            bits = 0
+            for e in range(run.size):
+                bits |= run[e]
+            if bits == 0:
                 continue
-            q, shift = j // DIGIT_BITS, j % DIGIT_BITS
-            low = (b & mask) << shift  # below 2**63
-            high = (b >> DIGIT_BITS) << shift  # |high| below 2**62: the sign stays in it
-            digits[i, q] += low & mask
-            digits[i, q + 1] += (low >> DIGIT_BITS) + (high & mask)
-            digits[i, q + 2] += high >> DIGIT_BITS
+            for e in range(run.size):
+                b = run[e]
+                if b == 0:
+                    continue
+                j = start + e
+                q, shift = j // DIGIT_BITS, j % DIGIT_BITS
+                low = (b & mask) << shift  # below 2**63
+                high = (b >> DIGIT_BITS) << shift  # |high| below 2**62: the sign stays in it
+                digits[i, q] += low & mask
+                digits[i, q + 1] += (low >> DIGIT_BITS) + (high & mask)
+                digits[i, q + 2] += high >> DIGIT_BITS
         for g in range(_BIN_DIGITS - 1):
             carry = digits[i, g] >> DIGIT_BITS
             digits[i, g] -= carry << DIGIT_BITS
@@ -292,10 +304,14 @@ def totals(bins, pending, special):
     and one conversion of its digits' bytes to a Python integer per sum."""
     digits = np.empty((bins.shape[0], _BIN_DIGITS), dtype=np.int64)
     _bins_to_digits(bins, digits)
-    low = digits[:, :-1].astype("<u4")
     top = _BIN_DIGITS - 1
-    return [(int.from_bytes(low[i].tobytes(), "little") + (int(digits[i, top]) << (DIGIT_BITS * top)),
-             float(special[i])) for i in range(bins.shape[0])]
+    low = memoryview(digits[:, :top].astype("<u4").tobytes())  # one buffer: slices of it copy nothing
+    width = 4 * top
+    exact = []
+    for i, (high, s) in enumerate(zip(digits[:, top].tolist(), special.tolist())):
+        n = int.from_bytes(low[i * width:(i + 1) * width], "little")
+        exact.append((n + (high << (DIGIT_BITS * top)) if high else n, s))
+    return exact
 
 
 def total(bins, pending, special, i):
@@ -335,6 +351,11 @@ def ratio(numerator, denominator):
     return math.nan if d == 0 else _divide(n, d)
 
 
+def _trailing_zeros(x):
+    """The exponent of the largest power of two dividing the integer x != 0."""
+    return (x & -x).bit_length() - 1
+
+
 def standard_error(sum_squares, sum_values, sum_weights, n):
     """The standard error of a weighted mean, as lm-eval-harness's ``mean_stderr``
     gives it for unit weights (sample standard deviation / sqrt(n)):
@@ -348,6 +369,11 @@ def standard_error(sum_squares, sum_values, sum_weights, n):
     (s2, a), (s1, b), (w, c) = sum_squares, sum_values, sum_weights
     if n < 2 or a or b or c or w == 0:
         return math.nan
+    # The quotient is homogeneous of degree 2 in (s2, s1, w): their common
+    # factor 2**k (most of the scale's 2304 bits are zeros) comes off first,
+    # and the products are of integers of a hundred bits, not thousands.
+    k = _trailing_zeros(s2 | s1 | w)
+    s2, s1, w = s2 >> k, s1 >> k, w >> k
     variance = _divide(s2 * w - s1 * s1, w * w * (n - 1))
     return math.sqrt(max(variance, 0.0))
 
