@@ -9,6 +9,11 @@ array of its own: a truncated file gives a short read, hence a ``ValueError``
 naming the file.  The kernel's read-ahead follows the sequential reads, and
 no page of the mapping becomes resident, so memory stays at a chunk or two.
 
+The file is reopened by the memmap's file name only when it is still the
+file mapped (``_reopen``: same device and inode, from /proc/self/maps);
+a name since given to another file or removed, or a system without
+/proc/self/maps, has the chunks scored through the mapping as below.
+
 A chunk that is not contiguous in the file (class axis first, Fortran order)
 is read the same way: one ``pread`` per contiguous run when the runs lie far
 apart (16 KiB or more of file per run), else the byte range that covers it,
@@ -220,23 +225,70 @@ def default_chunk_rows(logits, axis):
     return max(1, CHUNK_BYTES // max(1, per_index))
 
 
+def _mapped_file(address):
+    """(device major, device minor, inode) of the file mapped at ``address``, from
+    /proc/self/maps; None where that is unknown (no such file: not Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                low, high = (int(a, 16) for a in fields[0].split("-"))
+                if low <= address < high:
+                    major, minor = (int(d, 16) for d in fields[3].split(":"))
+                    return major, minor, int(fields[4])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reopen(array):
+    """The file behind the mapping of ``array`` (a ``np.memmap``), opened for
+    reading, or None when its name no longer leads to it.
+
+    The name is all a memmap keeps, and since it was mapped the name may have
+    been given to another file (a file rewritten and renamed into place, a
+    link pointed elsewhere) or removed: reading by name would then score
+    other bytes.  So the file opened is compared with the one mapped (device
+    and inode, as /proc/self/maps lists the mapping); where they differ, or
+    where that cannot be known, the caller scores through the mapping, which
+    still holds the mapped data.  Once opened, the file stays the mapped one
+    whatever later happens to its name.
+    """
+    mapped = _mapped_file(np.frombuffer(array._mmap, dtype=np.uint8).ctypes.data)
+    if mapped is None:
+        return None
+    try:
+        file = open(array.filename, "rb")
+    except OSError:
+        return None
+    status = os.fstat(file.fileno())
+    if (os.major(status.st_dev), os.minor(status.st_dev), status.st_ino) != mapped:
+        file.close()
+        return None
+    return file
+
+
 class _Files:
     """The files behind mapped chunks, each opened once, for ``_read``."""
 
     def __init__(self):
-        self._open = {}
+        self._open = {}  # id of a mapping -> (the mapping, kept so the id stays its own; its file or None)
 
     def resident(self, part):
-        """``part`` read into memory when it is a view of a read-only file mapping (see ``_read``)."""
+        """``part`` read into memory when it is a view of a read-only file mapping
+        whose file can be reopened (see ``_read`` and ``_reopen``)."""
         if part is None or not _is_file_mapping(part) or part.filename is None or part._mmap is None:
             return part  # not a view of a file mapping nbce can reopen: scored as it is
-        if part.filename not in self._open:
-            self._open[part.filename] = open(part.filename, "rb")
-        return _read(part, self._open[part.filename])
+        key = id(part._mmap)
+        if key not in self._open:
+            self._open[key] = (part._mmap, _reopen(part))
+        file = self._open[key][1]
+        return part if file is None else _read(part, file)
 
     def close(self):
-        for file in self._open.values():
-            file.close()
+        for _, file in self._open.values():
+            if file is not None:
+                file.close()
 
 
 def row_chunks(logits, target, weight, axis, chunk_rows):

@@ -17,6 +17,7 @@ handled too.
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -134,6 +135,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of the output went away (``nbce score ... | head``)
+        # Python flushes stdout at exit and would report the broken pipe again: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _run_evaluation(logits, targets, args, progress):
@@ -148,6 +153,7 @@ def _run_evaluation(logits, targets, args, progress):
         if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
             nbce.evaluate(logits[:1], targets[:1], **options)
         per_sequence = getattr(args, "per_sequence", None) is not None
+        _check_outputs(args)
         if getattr(args, "per_token", None) is not None:
             per_token = _open_output(args.per_token, logits, targets, shift)
         start = time.perf_counter()
@@ -156,11 +162,26 @@ def _run_evaluation(logits, targets, args, progress):
         seconds = time.perf_counter() - start
     except (ValueError, TypeError, RuntimeError) as error:
         raise _Fail(str(error)) from None
+    except OSError as error:  # an input file that went away or failed while being read
+        raise _Fail(f"{error.filename or 'input'}: cannot read ({error.strerror or error})") from None
     if per_token is not None:
         per_token.flush()
     if per_sequence:
         _save(args.per_sequence, result.per_sequence)
     return result, seconds
+
+
+def _check_outputs(args):
+    """An output file (``--per-token``, ``--per-sequence``) must not be an input
+    file: it is created before the inputs are read, and would be scored as zeros."""
+    from ._files import _split_spec
+
+    specs = (getattr(args, "logits", None), getattr(args, "targets", None))
+    inputs = [path for path in (_split_spec(spec)[0] for spec in specs if spec is not None) if os.path.exists(path)]
+    for option in ("per_token", "per_sequence"):
+        output = getattr(args, option, None)
+        if output is not None and os.path.exists(output) and any(os.path.samefile(output, path) for path in inputs):
+            raise _Fail(f"--{option.replace('_', '-')} {output}: that is an input file; write the output elsewhere")
 
 
 def _open_output(path, logits, targets, shift):

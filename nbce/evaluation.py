@@ -129,7 +129,10 @@ SEQUENCE_RECORD = np.dtype([("loss", np.float64), ("perplexity", np.float64), ("
 
 
 def _top_k_values(top_k):
-    values = (top_k,) if isinstance(top_k, (int, np.integer)) else tuple(top_k)
+    try:
+        values = (top_k,) if isinstance(top_k, (int, np.integer)) else tuple(top_k)
+    except TypeError:  # not iterable
+        raise TypeError(f"top_k must be a positive integer or a sequence of them, got {top_k!r}") from None
     for k in values:
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"top_k must be positive integers, got {top_k!r}")

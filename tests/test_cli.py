@@ -53,6 +53,16 @@ def test_score_json_equals_evaluate(files, capsys):
     assert data == json.loads(json.dumps(nbce.evaluate(x, t).to_dict()))
 
 
+@pytest.mark.parametrize("option", ["--per-token", "--per-sequence"])
+@pytest.mark.parametrize("which", ["logits.npy", "targets.npy"])
+def test_an_output_over_an_input_is_refused_before_anything_is_written(files, capsys, option, which):
+    folder, _, t = files
+    before = (folder / which).read_bytes()
+    code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", option, folder / which)
+    assert code == 2 and out == "" and "that is an input file" in err and err.count("\n") == 1
+    assert (folder / which).read_bytes() == before
+
+
 def test_npz_members(tmp_path, files, capsys):
     folder, x, t = files
     np.savez(tmp_path / "stored.npz", logits=x, targets=t)
@@ -183,6 +193,16 @@ def _score_in_a_process(*argv, timeout=120, **kwargs):
     done = subprocess.run([sys.executable, "-m", "nbce", "score", *map(str, argv), "--no-progress"],
                           capture_output=True, text=True, timeout=timeout, **kwargs)
     return done.returncode, done.stdout, done.stderr
+
+
+def test_a_reader_gone_before_the_output_is_no_traceback(files):
+    folder, _, _ = files
+    with subprocess.Popen([sys.executable, "-m", "nbce", "score", str(folder / "logits.npy"),
+                           str(folder / "targets.npy"), "--json", "--no-progress"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as done:
+        done.stdout.close()  # long before the interpreter has started: the output meets a closed pipe
+        err = done.stderr.read()
+        assert done.wait(timeout=120) == 1 and "Traceback" not in err, err
 
 
 def _assert_one_line_status_2(status, out, err, message):

@@ -138,6 +138,44 @@ except ValueError as error:
     assert "logits.npy: the file ends at byte 2,048, before the array's end" in done.stdout
 
 
+@pytest.mark.parametrize("change", ["replaced", "removed", "relinked"])
+def test_a_mapped_file_whose_name_changed_is_scored_from_the_mapping(tmp_path, rng, monkeypatch, change):
+    """The name of a mapped file given to another file (rewritten and renamed
+    into place, a link pointed elsewhere) or removed: evaluate scores the
+    mapped bytes, as cross_entropy does, not the file now at that name."""
+    import nbce._chunks
+
+    x, t = make_logits(rng, (100, 50), "float32"), rng.integers(0, 50, 100)
+    np.save(tmp_path / "a.npy", x)
+    path = tmp_path / "logits.npy"
+    if change == "relinked":
+        os.symlink(tmp_path / "a.npy", path)
+    else:
+        os.replace(tmp_path / "a.npy", path)
+    mapped = np.load(str(path), mmap_mode="r")  # a str: the memmap keeps the link's name (from a Path, its target's)
+    np.save(tmp_path / "b.npy", np.zeros_like(x))
+    if change == "removed":
+        os.remove(path)
+    else:
+        os.replace(tmp_path / "b.npy", path)  # a link replaced by a file: a rename over it
+    reads = []
+    monkeypatch.setattr(nbce._chunks, "_read", lambda *a, _real=nbce._chunks._read: (reads.append(1), _real(*a))[1])
+    assert nbce.evaluate(mapped, t, chunk_rows=30) == nbce.evaluate(x, t, chunk_rows=30)
+    assert not reads  # nothing read by name
+
+
+def test_a_mapped_file_still_at_its_name_is_read_not_mapped(tmp_path, rng, monkeypatch):
+    import nbce._chunks
+
+    x, t = make_logits(rng, (100, 50), "float32"), rng.integers(0, 50, 100)
+    np.save(tmp_path / "logits.npy", x)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+    reads = []
+    monkeypatch.setattr(nbce._chunks, "_read", lambda *a, _real=nbce._chunks._read: (reads.append(1), _real(*a))[1])
+    assert nbce.evaluate(mapped, t, chunk_rows=30) == nbce.evaluate(x, t, chunk_rows=30)
+    assert len(reads) == 4  # every chunk, with pread
+
+
 @pytest.mark.parametrize("layout", ["class_axis_first", "fortran"])
 def test_strided_chunks_of_a_mapped_file_are_read_run_by_run(tmp_path, rng, monkeypatch, layout):
     """Chunks that are not one byte range are read with pread: in memory,
@@ -262,6 +300,7 @@ def test_bad_target_names_its_position_in_the_whole_array(rng):
     (lambda x, t: nbce.evaluate(x, t, weight=np.ones(3)), ValueError, "weight has shape"),
     (lambda x, t: nbce.evaluate(x, t, top_k=0), ValueError, "top_k"),
     (lambda x, t: nbce.evaluate(x, t, top_k=(1, 2.5)), TypeError, "top_k"),
+    (lambda x, t: nbce.Evaluator(top_k=1.0), TypeError, "top_k must be a positive integer or a sequence"),
     (lambda x, t: nbce.evaluate(x, t, calibration_bins=0), ValueError, "calibration_bins"),
     (lambda x, t: nbce.evaluate(x, t, chunk_rows=0), ValueError, "chunk_rows"),
     (lambda x, t: nbce.evaluate(x, t, device="tpu"), ValueError, "device"),
