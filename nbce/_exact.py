@@ -17,7 +17,12 @@ mw, mv in [0.5, 1)), mw * mv splits exactly into two float64 halves
 A bin gains less than 2**53 per addition, so at most ``_CARRY_EVERY``
 additions after a *carry* pass (which moves each bin's bits above 2**53 into
 the bin 53 exponents higher, leaving bins in [0, 2**53)) no int64 can
-overflow.  Because nothing is rounded until ``value`` (or ``ratio``) is asked
+overflow.  The count of additions since the last carry, ``pending``, is
+never 0 again once an accumulator has been added to (a carry leaves it at
+1, the bins below 2**53 counting as one addition): an accumulator with
+pending 0 holds no bits, and ``totals`` does not read its bins (most of the
+calibration bins' sums, for a model whose confidences fill a few bins).
+Because nothing is rounded until ``value`` (or ``ratio``) is asked
 for, the result is the correctly rounded total whatever the order of the
 additions: chunking a data set differently, or merging evaluators in another
 order, gives bit-identical figures.  ``ratio`` divides two sums as exact
@@ -103,7 +108,7 @@ def _add_scaled(bins, pending, i, x, scale):
     pending[i] += 1
     if pending[i] >= _CARRY_EVERY:
         _carry(bins, i)
-        pending[i] = 0
+        pending[i] = 1
 
 
 @njit(**_INLINE_JIT)
@@ -154,7 +159,104 @@ def end_run(bins, pending, i):
     pending[i] += 1
     if pending[i] >= _CARRY_EVERY:
         _carry(bins, i)
-        pending[i] = 0
+        pending[i] = 1
+
+
+# ``add_many``: a batch of values cut at fixed places into integer pieces
+# of at most _PIECE_BITS bits (shared by the batch), summed as int64 in vector
+# code, ``_LEVELS`` cuts deep; values with bits below the last cut, and
+# batches with a non-finite value or beyond _MANY_RANGE, take ``add_in_run``.
+_LEVELS = 3
+_HALF_WORD = 31
+_MANY_RANGE = 2.0**900  # a batch's largest |value| within [1 / this, this]: its scales stay finite
+_ABS_BITS = (1 << 63) - 1
+_INF_BITS = 0x7FF0000000000000
+
+
+@njit(**_JIT)
+def _kept(values, labels, skip, square, r):
+    """values[r] (squared, rounded once, when ``square``), or 0 where labels[r] == skip."""
+    v = values[r] * values[r] if square else values[r]
+    return v if labels[r] != skip else 0.0
+
+
+@njit(**_JIT)
+def _cut(v, scale, unit):
+    """(q, v - q * unit) for q = trunc(v * scale), scale = 1 / unit a power of two:
+    q is a prefix of v's bits, so both are exact."""
+    q = np.int64(v * scale)
+    return q, v - np.float64(q) * unit
+
+
+@njit(**_JIT)
+def add_many(bins, pending, special, i, values, square, labels, skip):
+    """Add sum_r values[r] (or values[r]**2, each rounded once, when ``square``)
+    over the r with labels[r] != skip to accumulator ``i``, exactly.
+
+    With n values kept, the largest below 2**e, and b = 62 - bit_length(n)
+    bits a piece, each value is cut at 2**(e - b), 2**(e - 2b), 2**(e - 3b):
+    v = q1 2**u1 + q2 2**u2 + q3 2**u3 + rest with |q_l| < 2**b integers
+    (the bits of v between two cuts: every step exact), so each level's
+    sum over the batch is an int64 below 2**62, added to the bins as two
+    31-bit halves.  A batch of 65536 values is cut 135 bits below its
+    largest, deeper than any value's 53 bits but those 82 bits smaller:
+    their rest, almost never non-zero, goes through ``add_in_run``.  The
+    passes over the batch are vector code (0.03 ms for 65536 values
+    against 0.08 through ``add_in_run``); the sum is the same exact sum.
+    """
+    n = 0
+    top_bits = np.int64(0)  # the largest |value| as IEEE bits: a max of integers, which vectorizes
+    for r in range(values.size):
+        top_bits = max(top_bits, np.float64(_kept(values, labels, skip, square, r)).view(np.int64) & _ABS_BITS)
+        n += labels[r] != skip
+    if top_bits == 0:  # no value, or zeros only
+        return
+    top = np.int64(top_bits).view(np.float64)
+    if top_bits >= _INF_BITS or not 1.0 / _MANY_RANGE <= top <= _MANY_RANGE:
+        _add_many_in_runs(bins, pending, special, i, values, square, labels, skip)
+        return
+    length = 0  # n's bit length
+    while n >> length:
+        length += 1
+    b = 62 - length
+    u1 = math.frexp(top)[1] - b
+    u2, u3 = u1 - b, u1 - 2 * b
+    s1, s2, s3 = 2.0**-u1, 2.0**-u2, 2.0**-u3
+    t1, t2, t3 = 2.0**u1, 2.0**u2, 2.0**u3
+    q1 = q2 = q3 = np.int64(0)
+    rests = False
+    for r in range(values.size):
+        a, v = _cut(_kept(values, labels, skip, square, r), s1, t1)
+        c, v = _cut(v, s2, t2)
+        d, v = _cut(v, s3, t3)
+        q1 += a
+        q2 += c
+        q3 += d
+        rests |= v != 0.0
+    for q, u in ((q1, u1), (q2, u2), (q3, u3)):
+        j = u + _SHIFT  # bin j weighs 2**(j - _SHIFT); b >= 31, so the six bins differ
+        bins[i, j] += q & ((1 << _HALF_WORD) - 1)
+        bins[i, j + _HALF_WORD] += q >> _HALF_WORD
+    end_run(bins, pending, i)  # every bin changed by less than 2**31
+    if rests:
+        for start in range(0, values.size, RUN):
+            for r in range(start, min(start + RUN, values.size)):
+                a, v = _cut(_kept(values, labels, skip, square, r), s1, t1)
+                c, v = _cut(v, s2, t2)
+                d, v = _cut(v, s3, t3)
+                if v != 0.0:
+                    add_in_run(bins, special, i, v)
+            end_run(bins, pending, i)
+
+
+@njit(**_JIT)
+def _add_many_in_runs(bins, pending, special, i, values, square, labels, skip):
+    """``add_many`` one value at a time, in runs of ``add_in_run``."""
+    for start in range(0, values.size, RUN):
+        for r in range(start, min(start + RUN, values.size)):
+            if labels[r] != skip:
+                add_in_run(bins, special, i, values[r] * values[r] if square else values[r])
+        end_run(bins, pending, i)
 
 
 @njit(**_JIT)
@@ -201,17 +303,19 @@ def add_product(bins, pending, special, i, w, v):
 
 @njit(**_JIT)
 def merge_into(bins, pending, special, other_bins, other_pending, other_special):
-    """Add every sum of the second set of accumulators into the first, exactly."""
+    """Add every sum of the second set of accumulators into the first, exactly
+    (the second's bins are carried on the way)."""
     for i in range(pending.size):
-        if other_pending[i] or pending[i]:
-            _carry(other_bins, i)
-            other_pending[i] = 0
+        special[i] += other_special[i]
+        if other_pending[i] == 0:
+            continue  # no bits to add
+        _carry(other_bins, i)
+        other_pending[i] = 1
+        if pending[i]:
             _carry(bins, i)
-            pending[i] = 0
         for e in range(_N_BINS):
             bins[i, e] += other_bins[i, e]
-        pending[i] = 1  # bins may now reach 2**54: count it as an addition
-        special[i] += other_special[i]
+        pending[i] = 2  # two sets of bins below 2**53: two additions' worth
 
 
 # Sums kept elsewhere (the GPU backend's, see ``nbce.cuda.tally``) as digits
@@ -247,7 +351,7 @@ def add_digits(bins, pending, special, digits, added):
         pending[i] += 1
         if pending[i] >= _CARRY_EVERY:
             _carry(bins, i)
-            pending[i] = 0
+            pending[i] = 1
         flags = added[i]
         if flags & ADDED_NAN or (flags & ADDED_POS_INF and flags & ADDED_NEG_INF):
             special[i] += math.nan
@@ -264,14 +368,17 @@ _ZERO_RUN = 64
 
 
 @njit(**_JIT)
-def _bins_to_digits(bins, digits):
+def _bins_to_digits(bins, pending, digits):
     """The sum of each accumulator's bins as base-2**DIGIT_BITS digits, each in
     [0, 2**DIGIT_BITS) but the last (signed): bin j's value b * 2**j split
-    over the digits it straddles, then carried."""
+    over the digits it straddles, then carried.  The bins of an accumulator
+    never added to (pending 0) are not read: its digits are zeros."""
     mask = (1 << DIGIT_BITS) - 1
     for i in range(bins.shape[0]):
         for g in range(_BIN_DIGITS):
             digits[i, g] = 0
+        if pending[i] == 0:
+            continue
         # Almost every bin is zero: runs of _ZERO_RUN bins are tested at once
         # (a vector OR), and only a run holding bits is gone through bin by bin
         # (40 -> 21 us for the 51 sums of the default metrics).
@@ -303,7 +410,7 @@ def totals(bins, pending, special):
     """Every accumulator exactly, as ``total`` gives each: one pass over the bins,
     and one conversion of its digits' bytes to a Python integer per sum."""
     digits = np.empty((bins.shape[0], _BIN_DIGITS), dtype=np.int64)
-    _bins_to_digits(bins, digits)
+    _bins_to_digits(bins, pending, digits)
     top = _BIN_DIGITS - 1
     low = memoryview(digits[:, :top].astype("<u4").tobytes())  # one buffer: slices of it copy nothing
     width = 4 * top
@@ -398,4 +505,5 @@ def restore(bins, pending, special, state):
         raise ValueError("this Evaluator state does not fit its options: not an nbce Evaluator pickle?")
     bins[rows, columns] = state["values"]
     pending[:] = state["pending"]
+    pending[rows] = np.maximum(pending[rows], 1)  # states saved when a carry left 0 pending
     special[:] = state["special"]

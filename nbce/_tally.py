@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 
-from ._exact import JIT_NO_NRT, RUN, add, add_in_run, add_product, end_run
+from ._exact import JIT_NO_NRT, RUN, add, add_in_run, add_many, add_product, end_run
 from ._threads import launches
 
 # Rank codes of rows without a rank, written by the metric kernels.
@@ -104,24 +104,13 @@ def _add_row_sums(i, loss, rank, entropy, weight, partials, used, special):
     values = entropy if i == ENTROPY else loss
     square = i != LOSS and i != ENTROPY
     if weight.size == 0:
-        _add_unit_row_sums(i, values, square, rank, partials, used, special)
+        add_many(partials, used, special, i, values, square, rank, IGNORED_ROW)
         return
     for r in range(rank.size):
         if rank[r] == IGNORED_ROW:
             continue
         v = values[r] * values[r] if square else values[r]
         add_product(partials, used, special, i, weight[r], v)
-
-
-@njit(**JIT_NO_NRT)
-def _add_unit_row_sums(i, values, square, rank, partials, used, special):
-    """``_add_row_sums`` with unit weights: runs of ``add_in_run``, one count a run."""
-    for start in range(0, rank.size, RUN):
-        for r in range(start, min(start + RUN, rank.size)):
-            if rank[r] == IGNORED_ROW:
-                continue
-            add_in_run(partials, special, i, values[r] * values[r] if square else values[r])
-        end_run(partials, used, i)
 
 
 @njit(**JIT_NO_NRT)
@@ -177,7 +166,7 @@ def _add_bin_field(field, first_bin, rank, confidence, weight, row_bin, bin_coun
     and each count added once (see ``_add_weights``)."""
     weighted = weight.size > 0
     if field == BIN_CONFIDENCE and not weighted:
-        _add_unit_confidences(first_bin, confidence, row_bin, bin_counts.size, partials, used, special)
+        _add_unit_confidences(first_bin, confidence, row_bin, bin_counts, partials, used, special)
         return
     for r in range(rank.size):
         b = row_bin[r]
@@ -196,16 +185,20 @@ def _add_bin_field(field, first_bin, rank, confidence, weight, row_bin, bin_coun
 
 
 @njit(**JIT_NO_NRT)
-def _add_unit_confidences(first_bin, confidence, row_bin, n_bins, partials, used, special):
+def _add_unit_confidences(first_bin, confidence, row_bin, bin_counts, partials, used, special):
     """Field BIN_CONFIDENCE with unit weights: runs of ``add_in_run``, each run
-    counted once in every bin (a bin the run missed only carries sooner)."""
+    counted once in every bin it reached (``bin_counts``, zeros, counts them:
+    a bin never reached keeps its pending count 0, see ``nbce._exact``)."""
     for start in range(0, row_bin.size, RUN):
         for r in range(start, min(start + RUN, row_bin.size)):
             b = row_bin[r]
             if b >= 0:
                 add_in_run(partials, special, first_bin + _PER_BIN * b + BIN_CONFIDENCE, confidence[r])
-        for b in range(n_bins):
-            end_run(partials, used, first_bin + _PER_BIN * b + BIN_CONFIDENCE)
+                bin_counts[b] += 1
+        for b in range(bin_counts.size):
+            if bin_counts[b] > 0:
+                end_run(partials, used, first_bin + _PER_BIN * b + BIN_CONFIDENCE)
+                bin_counts[b] = 0
 
 
 @njit(**JIT_NO_NRT)

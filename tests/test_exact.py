@@ -128,3 +128,54 @@ def test_a_full_run_of_the_largest_integers_is_exact():
     _add_runs(*sums, values[2:], 1000, 1)
     expected = Fraction(values[0]) + 1000 * Fraction(values[2])  # the two runs cancel but for one value
     assert _exact.total(*sums, 0)[0] == expected * 2**_exact._SHIFT
+
+
+def _many(values, labels, square):
+    sums = _exact.accumulators(1)
+    _exact.add_many(*sums, 0, np.asarray(values, dtype=np.float64), square, np.asarray(labels, dtype=np.int64), -1)
+    return sums
+
+
+@given(st.lists(st.tuples(finite, st.sampled_from([-1, 0, 3])), max_size=60), st.booleans())
+def test_a_batch_cut_into_integer_pieces_is_exact(pairs, square):
+    values, labels = zip(*pairs) if pairs else ((), ())
+    kept = [v * v if square else v for v, label in pairs if label != -1]  # each square rounded once
+    got = _exact.value(*_many(values, labels, square), 0)
+    if any(map(math.isinf, kept)):
+        assert math.isinf(got)
+    else:
+        assert got == rounded(sum(map(Fraction, kept)))
+
+
+@pytest.mark.parametrize("spread", [0, 40, 100, 300, 1000])
+def test_batches_with_bits_below_the_last_cut_are_exact(rng, spread):
+    """Values far below the batch's largest leave rests below its third cut
+    (they take the addition one at a time); beyond 2**900 the whole batch
+    does; non-finite values are summed apart."""
+    values = rng.standard_normal(5000) * 2.0 ** rng.integers(-spread, spread + 1, 5000).astype(np.float64)
+    labels = rng.integers(-1, 2, 5000)
+    expected = sum(Fraction(v) for v, label in zip(values.tolist(), labels.tolist()) if label != -1)
+    assert _exact.total(*_many(values, labels, False), 0)[0] == expected * 2**_exact._SHIFT
+    values[7], labels[7] = np.nan, 0
+    assert math.isnan(_exact.value(*_many(values, labels, False), 0))
+
+
+def test_pending_counts_are_zero_only_without_bits():
+    """totals skips the bins of an accumulator whose pending count is 0: a
+    carry leaves 1, never 0, and a merge or a restored state keeps bits counted."""
+    sums = _exact.accumulators(3)
+    one, two = (tuple(array[i:i + 1] for array in sums) for i in (1, 2))  # accumulators 1 and 2 as views
+    _add_runs(*one, np.array([0.1, 3.0]), 600, 1)  # 1201 runs: past a carry (every 1000)
+    _add_all(*two, np.full(1000, 0.3), np.empty(0))  # ends at a carry
+    assert sums[1][0] == 0 and sums[1][1] >= 1 and sums[1][2] >= 1
+    expected = [0, Fraction(0.1) * 600 + Fraction(3.0) * 600, Fraction(0.3) * 1000]
+    assert [n for n, _ in _exact.totals(*sums)] == [e * 2**_exact._SHIFT for e in expected]
+    state = _exact.export(*sums)
+    state["pending"] = np.zeros(3, np.int64)  # as a state saved just after a carry used to be
+    restored = _exact.accumulators(3)
+    _exact.restore(*restored, state)
+    merged = _exact.accumulators(3)
+    _exact.merge_into(*merged, *restored)
+    for i in range(3):
+        assert _exact.total(*restored, i) == _exact.total(*sums, i) == _exact.total(*merged, i)
+    assert merged[1][0] == 0
