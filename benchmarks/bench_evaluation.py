@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 
-from ._cases import EVALUATIONS, make_inputs
+from ._cases import EVALUATIONS, IMPLEMENTATIONS, make_inputs, median_seconds
 
 SHAPES = ["4096x32000", "65536x100"]
 
@@ -35,6 +35,26 @@ class Evaluate:
 
     def time_evaluate(self, shape, library):
         self.run()
+
+
+class EvaluateCost:
+    """What every metric costs beyond the loss: evaluate's time over a
+    cross_entropy's on the same float32 array (medians, the two alternated
+    three times; the lowest ratio of the three rounds)."""
+
+    params = [SHAPES + ["512x100"]]
+    param_names = ["shape"]
+    unit = "ratio"
+    timeout = 300
+
+    def setup(self, shape):
+        x, t = make_inputs(_shape(shape), "float32")
+        evaluate, loss = EVALUATIONS["nbce"](x, t), IMPLEMENTATIONS["nbce"](x, t)
+        evaluate(), loss()  # compiled, or loaded from the cache
+        self.ratio = min(median_seconds(evaluate) / median_seconds(loss) for _ in range(3))
+
+    def track_evaluate_over_cross_entropy(self, shape):
+        return self.ratio
 
 
 _MAPPED_EVALUATION = textwrap.dedent("""
