@@ -10,7 +10,7 @@ naming the file.  The kernel's read-ahead follows the sequential reads, and
 no page of the mapping becomes resident, so memory stays at a chunk or two.
 
 The file is reopened by the memmap's file name only when it is still the
-file mapped (``_reopen``: same device and inode, from /proc/self/maps);
+file mapped (``_reopen``: same inode, from /proc/self/maps);
 a name since given to another file or removed, or a system without
 /proc/self/maps, has the chunks scored through the mapping as below.
 
@@ -225,17 +225,16 @@ def default_chunk_rows(logits, axis):
     return max(1, CHUNK_BYTES // max(1, per_index))
 
 
-def _mapped_file(address):
-    """(device major, device minor, inode) of the file mapped at ``address``, from
-    /proc/self/maps; None where that is unknown (no such file: not Linux)."""
+def _mapped_inode(address):
+    """The inode of the file mapped at ``address``, from /proc/self/maps; None
+    where that is unknown (no such file: not Linux)."""
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
                 low, high = (int(a, 16) for a in fields[0].split("-"))
                 if low <= address < high:
-                    major, minor = (int(d, 16) for d in fields[3].split(":"))
-                    return major, minor, int(fields[4])
+                    return int(fields[4])
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -248,21 +247,23 @@ def _reopen(array):
     The name is all a memmap keeps, and since it was mapped the name may have
     been given to another file (a file rewritten and renamed into place, a
     link pointed elsewhere) or removed: reading by name would then score
-    other bytes.  So the file opened is compared with the one mapped (device
-    and inode, as /proc/self/maps lists the mapping); where they differ, or
-    where that cannot be known, the caller scores through the mapping, which
-    still holds the mapped data.  Once opened, the file stays the mapped one
-    whatever later happens to its name.
+    other bytes.  So the file opened must have the inode of the one mapped
+    (as /proc/self/maps lists the mapping; a mapped inode cannot be freed,
+    so its number is not given to another file of that file system
+    meanwhile).  The devices are not compared: /proc/self/maps gives the file
+    system's, which fstat does not on btrfs subvolumes.  Where the inodes
+    differ, or where the mapped one cannot be known, the caller scores
+    through the mapping, which still holds the mapped data.  Once opened,
+    the file stays the mapped one whatever later happens to its name.
     """
-    mapped = _mapped_file(np.frombuffer(array._mmap, dtype=np.uint8).ctypes.data)
+    mapped = _mapped_inode(np.frombuffer(array._mmap, dtype=np.uint8).ctypes.data)
     if mapped is None:
         return None
     try:
         file = open(array.filename, "rb")
     except OSError:
         return None
-    status = os.fstat(file.fileno())
-    if (os.major(status.st_dev), os.minor(status.st_dev), status.st_ino) != mapped:
+    if os.fstat(file.fileno()).st_ino != mapped:
         file.close()
         return None
     return file

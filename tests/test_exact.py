@@ -179,3 +179,21 @@ def test_pending_counts_are_zero_only_without_bits():
     for i in range(3):
         assert _exact.total(*restored, i) == _exact.total(*sums, i) == _exact.total(*merged, i)
     assert merged[1][0] == 0
+
+
+@pytest.mark.parametrize("exponent", [-1074, -1022, -1000, -960, -900, -880, -841, -839, -800, 0, 900, 1023])
+@pytest.mark.parametrize("n", [1, 3, 600])
+def test_batches_of_tiny_and_huge_values_are_exact(rng, exponent, n):
+    """Down where the last cut would leave float64's normals (largest value below
+    about 2**-840) the batch goes one value at a time; at every size it is exact."""
+    values = np.ldexp(1.0 + rng.integers(0, 2**52, n) * 2.0**-52, exponent - rng.integers(0, 60, n))
+    values[::2] *= -1
+    values[0] = math.ldexp(1 + 2**-52, exponent)  # the largest, with its last bit set
+    expected = sum(map(Fraction, values.tolist()))
+    assert _exact.total(*_many(values, np.zeros(n, np.int64), False), 0)[0] == expected * 2**_exact._SHIFT
+
+
+def test_a_variance_of_minus_zero_gives_a_standard_error_of_zero():
+    # (0 * W - 1**2) / (W**2 * 2) underflows to -0.0 (squares rounded once can leave it negative)
+    variance_below_zero = _exact.standard_error((0, 0.0), (1, 0.0), (2**3000, 0.0), 3)
+    assert variance_below_zero == 0.0 and math.copysign(1.0, variance_below_zero) == 1.0
