@@ -158,6 +158,7 @@ def test_calibration_bin_equals_a_search_of_the_edges(rng, n_bins):
     """edges[b] < c <= edges[b + 1], c = 0 in bin 0 and c > 1 in the last,
     for confidences on every edge, one ulp either side, and random ones."""
     edges = _tally.calibration_edges(n_bins)
+    np.testing.assert_array_equal(edges, np.linspace(0.0, 1.0, n_bins + 1))  # the reference's edges
     confidence = np.concatenate([edges, np.nextafter(edges, -1.0), np.nextafter(edges, 2.0), rng.random(2000),
                                  [0.0, 1.0, 1.0 + 2.0**-52, 1.5]])
     confidence = confidence[confidence >= 0]
