@@ -169,13 +169,16 @@ def test_calibration_bin_equals_a_search_of_the_edges(rng, n_bins):
 
 def test_batched_sums_and_calibration_bins_are_vector_code():
     """``add_many``'s passes (an integer max of the values' bits, the cuts) and
-    the calibration bins' pass compile to packed instructions."""
+    the calibration bins' pass compile to packed instructions.  The cuts and
+    the bins convert float64 to int64, packed only with AVX-512DQ (AVX2
+    machines convert one value at a time)."""
     options = dict(_exact.JIT_NO_NRT)
     sums = _exact.accumulators(1)
     asm = _asm(_exact.add_many, *sums, 0, np.ones(64), False, np.zeros(64, np.int64), -1, options=options)
     assert PACKED_INT_MAX.search(asm), "the batch's largest value did not vectorize"
-    if "+avx512dq" in _host_features():  # packed float64 -> int64 conversions
-        assert re.search(r"\bvcvttpd2qq\s", asm), "the cuts did not vectorize"
+    if "+avx512dq" not in _host_features():
+        return
+    assert re.search(r"\bvcvttpd2qq\s", asm), "the cuts did not vectorize"
     rank, edges = np.zeros(64, np.int64), _tally.calibration_edges(15)
     asm = _asm(_tally._row_bins, rank, np.ones(64), edges, np.empty(64, np.int64), options=options)
     assert re.search(r"\bv?cmp\w*pd\s", asm), "the calibration bins did not vectorize"
