@@ -239,10 +239,10 @@ def add_many(bins, pending, special, i, values, square, labels, skip):
         q3 += d
         rests |= v != 0.0
     for q, u in ((q1, u1), (q2, u2), (q3, u3)):
-        j = u + _SHIFT  # bin j weighs 2**(j - _SHIFT); b >= 31, so the six bins differ
+        j = u + _SHIFT  # bin j weighs 2**(j - _SHIFT)
         bins[i, j] += q & ((1 << _HALF_WORD) - 1)
         bins[i, j + _HALF_WORD] += q >> _HALF_WORD
-    end_run(bins, pending, i)  # every bin changed by less than 2**31
+    end_run(bins, pending, i)  # a bin gains at most two halves: less than 2**32
     if rests:
         for start in range(0, values.size, RUN):
             for r in range(start, min(start + RUN, values.size)):
