@@ -190,6 +190,15 @@ def _cut(v, scale, unit):
 
 
 @njit(**_JIT)
+def _pieces(v, scales, units):
+    """(q1, q2, q3, rest): v cut at the three places ``add_many`` chose."""
+    q1, v = _cut(v, scales[0], units[0])
+    q2, v = _cut(v, scales[1], units[1])
+    q3, v = _cut(v, scales[2], units[2])
+    return q1, q2, q3, v
+
+
+@njit(**_JIT)
 def add_many(bins, pending, special, i, values, square, labels, skip):
     """Add sum_r values[r] (or values[r]**2, each rounded once, when ``square``)
     over the r with labels[r] != skip to accumulator ``i``, exactly.
@@ -226,18 +235,16 @@ def add_many(bins, pending, special, i, values, square, labels, skip):
     if u3 < _LOWEST_CUT:  # 2**-u3 would overflow, and pieces fall among the subnormals
         _add_many_in_runs(bins, pending, special, i, values, square, labels, skip)
         return
-    s1, s2, s3 = math.ldexp(1.0, -u1), math.ldexp(1.0, -u2), math.ldexp(1.0, -u3)
-    t1, t2, t3 = math.ldexp(1.0, u1), math.ldexp(1.0, u2), math.ldexp(1.0, u3)
+    scales = math.ldexp(1.0, -u1), math.ldexp(1.0, -u2), math.ldexp(1.0, -u3)
+    units = math.ldexp(1.0, u1), math.ldexp(1.0, u2), math.ldexp(1.0, u3)
     q1 = q2 = q3 = np.int64(0)
     rests = False
     for r in range(values.size):
-        a, v = _cut(_kept(values, labels, skip, square, r), s1, t1)
-        c, v = _cut(v, s2, t2)
-        d, v = _cut(v, s3, t3)
+        a, c, d, rest = _pieces(_kept(values, labels, skip, square, r), scales, units)
         q1 += a
         q2 += c
         q3 += d
-        rests |= v != 0.0
+        rests |= rest != 0.0
     for q, u in ((q1, u1), (q2, u2), (q3, u3)):
         j = u + _SHIFT  # bin j weighs 2**(j - _SHIFT)
         bins[i, j] += q & ((1 << _HALF_WORD) - 1)
@@ -246,11 +253,9 @@ def add_many(bins, pending, special, i, values, square, labels, skip):
     if rests:
         for start in range(0, values.size, RUN):
             for r in range(start, min(start + RUN, values.size)):
-                a, v = _cut(_kept(values, labels, skip, square, r), s1, t1)
-                c, v = _cut(v, s2, t2)
-                d, v = _cut(v, s3, t3)
-                if v != 0.0:
-                    add_in_run(bins, special, i, v)
+                rest = _pieces(_kept(values, labels, skip, square, r), scales, units)[3]
+                if rest != 0.0:
+                    add_in_run(bins, special, i, rest)
             end_run(bins, pending, i)
 
 
