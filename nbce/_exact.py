@@ -95,8 +95,8 @@ def _carry(bins, i):
 
 
 @njit(**_INLINE_JIT)
-def _add_scaled(bins, pending, i, x, scale):
-    """Add ``x * 2**scale`` to accumulator ``i`` exactly (``x`` finite)."""
+def _integer_and_bin(x):
+    """(m, j) with x = m * 2**(j - _SHIFT) for a finite x: m its signed 53-bit integer, j its bin."""
     word = np.float64(x).view(np.int64)  # the IEEE bits (a register move once compiled)
     e = (word >> _MANTISSA_BITS) & 0x7FF
     m = word & ((1 << _MANTISSA_BITS) - 1)
@@ -104,7 +104,14 @@ def _add_scaled(bins, pending, i, x, scale):
         e = 1  # subnormal: no implicit bit, same scale as the smallest normal
     else:
         m |= 1 << _MANTISSA_BITS
-    bins[i, e + _BELOW + scale] += -m if word < 0 else m
+    return (-m if word < 0 else m), e + _BELOW
+
+
+@njit(**_INLINE_JIT)
+def _add_scaled(bins, pending, i, x, scale):
+    """Add ``x * 2**scale`` to accumulator ``i`` exactly (``x`` finite)."""
+    m, j = _integer_and_bin(x)
+    bins[i, j + scale] += m
     pending[i] += 1
     if pending[i] >= _CARRY_EVERY:
         _carry(bins, i)
@@ -138,16 +145,7 @@ def add_in_run(bins, special, i, x):
     if not math.isfinite(x):
         special[i] += x
         return
-    word = np.float64(x).view(np.int64)
-    e = (word >> _MANTISSA_BITS) & 0x7FF
-    m = word & ((1 << _MANTISSA_BITS) - 1)
-    if e == 0:
-        e = 1
-    else:
-        m |= 1 << _MANTISSA_BITS
-    if word < 0:
-        m = -m
-    j = e + _BELOW
+    m, j = _integer_and_bin(x)
     bins[i, j] += m & (RUN - 1)  # the halves of a negative m: floor division, exact
     bins[i, j + _HALF] += m >> _HALF
 
