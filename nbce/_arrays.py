@@ -107,7 +107,8 @@ def as_float_array(values, name):
 
 
 def reinterpret(array, dtype, name="logits"):
-    """``array``'s memory read as ``dtype`` ("bfloat16"): a view, no copy.
+    """``array``'s memory read as ``dtype`` ("bfloat16"): a view, no copy (a
+    copy in native byte order for words stored in the other order).
 
     Reads 2-byte void, uint16 or int16 data (a file of bfloat16 words) as
     ``ml_dtypes.bfloat16``; an array that already is bfloat16 is returned as
@@ -125,7 +126,18 @@ def reinterpret(array, dtype, name="logits"):
     if not _raw_halves(array.dtype):
         raise TypeError(f"dtype='bfloat16' reads raw 2-byte values (void, uint16 or int16) as bfloat16, but {name} "
                         f"has dtype {array.dtype} ({array.dtype.itemsize} bytes an item)")
+    if not array.dtype.isnative:  # big-endian words: swapped into native order (a copy), as for other dtypes
+        array = array.astype(array.dtype.newbyteorder("="))
     return array.view(_bfloat16())
+
+
+def as_weight_array(values, name):
+    """Weights as an ndarray: a supported float dtype as it is (``as_float_array``),
+    integers and booleans as float64 (PyTorch takes integer weights too)."""
+    array = host_array(values)
+    if array.dtype.kind in "iub":
+        return array.astype(np.float64)
+    return as_float_array(array, name)
 
 
 def storage_view(array):

@@ -113,12 +113,18 @@ def _outside(value, n_classes, ignore_index, unsigned):
 
 
 def _index(position):
-    return "[" + ", ".join(str(int(i)) for i in position) + "]"
+    """"[i, j]" for a position, "" for a 0-d array's."""
+    return "[" + ", ".join(str(int(i)) for i in position) + "]" if len(position) else ""
 
 
 def shift_position(position, origin):
-    """``position`` in a chunk -> in the whole array, the chunk starting at ``origin`` (leading axes)."""
-    return tuple(int(p) + int(o) for p, o in zip(position, tuple(origin) + (0,) * len(position)))
+    """``position`` in a chunk -> in the whole array, the chunk starting at ``origin``
+    (leading axes).  A chunk of fewer axes than ``origin`` is one entry of the
+    leading ones (a 0-d target of an iterable of single rows): its position
+    starts with them."""
+    position, origin = tuple(position), tuple(origin)
+    position = (0,) * (len(origin) - len(position)) + position
+    return tuple(int(p) + int(o) for p, o in zip(position, origin + (0,) * len(position)))
 
 
 def raise_bad_target(position, value, n_classes, ignore_index):
@@ -143,10 +149,13 @@ def raise_bad_binary_target(position, value):
 
 
 def _first_outside_unit_interval(values):
-    """The index of the first element outside [0, 1] (NaN is not), or None."""
+    """The index of the first element outside [0, 1] (NaN is not), or None;
+    () for a 0-d array (``np.argwhere`` would find nothing there)."""
     wide = np.asarray(values, dtype=np.float64)
-    outside = np.argwhere((wide < 0.0) | (wide > 1.0))
-    return tuple(int(i) for i in outside[0]) if outside.size else None
+    outside = (wide < 0.0) | (wide > 1.0)
+    if not outside.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(outside)), outside.shape))
 
 
 def raise_outside_unit_interval(probs, target):
@@ -158,6 +167,7 @@ def raise_outside_unit_interval(probs, target):
     position = _first_outside_unit_interval(target)
     if position is not None:
         raise_bad_binary_target(position, target[position])
+    raise AssertionError("raise_outside_unit_interval called on values inside [0, 1]")
 
 
 def class_indices(target, n_classes, ignore_index, origin=()):

@@ -148,44 +148,94 @@ def _run_evaluation(logits, targets, args, progress):
     shift = getattr(args, "shift", False)
     options = dict(axis=args.axis, ignore_index=args.ignore_index, top_k=args.top_k,
                    calibration_bins=args.calibration_bins, device=args.device, shift=shift)
-    per_token = None
-    try:
-        if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
-            nbce.evaluate(logits[:1], targets[:1], **options)
-        per_sequence = getattr(args, "per_sequence", None) is not None
-        _check_outputs(args)
-        if getattr(args, "per_token", None) is not None:
-            per_token = _open_output(args.per_token, logits, targets, shift)
-        start = time.perf_counter()
-        result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress,
-                               per_sequence=per_sequence, per_token=per_token, **options)
-        seconds = time.perf_counter() - start
-    except (ValueError, TypeError, RuntimeError) as error:
-        raise _Fail(str(error)) from None
-    except OSError as error:  # an input file that went away or failed while being read
-        raise _Fail(f"{error.filename or 'input'}: cannot read ({error.strerror or error})") from None
-    if per_token is not None:
-        per_token.flush()
-    if per_sequence:
-        _save(args.per_sequence, result.per_sequence)
+    per_token_path, per_sequence_path = getattr(args, "per_token", None), getattr(args, "per_sequence", None)
+    _check_outputs(args)
+    with _Output(per_token_path) as token_file, _Output(per_sequence_path) as sequence_file:
+        per_token = None
+        try:
+            if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
+                nbce.evaluate(logits[:1], targets[:1], **options)
+            if token_file is not None:
+                per_token = _open_output(token_file, per_token_path, logits, targets, shift)
+            start = time.perf_counter()
+            result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress,
+                                   per_sequence=sequence_file is not None, per_token=per_token, **options)
+            seconds = time.perf_counter() - start
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise _Fail(str(error)) from None
+        except OSError as error:  # an input file that went away or failed while being read
+            raise _Fail(f"{error.filename or 'input'}: cannot read ({error.strerror or error})") from None
+        if per_token is not None:
+            per_token.flush()
+            del per_token
+        if sequence_file is not None:
+            _save(sequence_file, per_sequence_path, result.per_sequence)
     return result, seconds
 
 
 def _check_outputs(args):
-    """An output file (``--per-token``, ``--per-sequence``) must not be an input
-    file: it is created before the inputs are read, and would be scored as zeros."""
+    """The output files (``--per-token``, ``--per-sequence``): two different
+    paths, neither an input file nor a directory, in a folder we can write to."""
     from ._files import _split_spec
 
     specs = (getattr(args, "logits", None), getattr(args, "targets", None))
     inputs = [path for path in (_split_spec(spec)[0] for spec in specs if spec is not None) if os.path.exists(path)]
-    for option in ("per_token", "per_sequence"):
-        output = getattr(args, option, None)
-        if output is not None and os.path.exists(output) and any(os.path.samefile(output, path) for path in inputs):
-            raise _Fail(f"--{option.replace('_', '-')} {output}: that is an input file; write the output elsewhere")
+    outputs = [(f"--{option.replace('_', '-')}", getattr(args, option, None)) for option in ("per_token", "per_sequence")]
+    outputs = [(option, path) for option, path in outputs if path is not None]
+    for option, output in outputs:
+        if os.path.isdir(output):
+            raise _Fail(f"{option} {output}: is a directory; name a file")
+        if os.path.exists(output) and any(os.path.samefile(output, path) for path in inputs):
+            raise _Fail(f"{option} {output}: that is an input file; write the output elsewhere")
+    if len(outputs) == 2 and os.path.abspath(outputs[0][1]) == os.path.abspath(outputs[1][1]):
+        raise _Fail(f"--per-token and --per-sequence both name {outputs[0][1]}; give each its own file")
 
 
-def _open_output(path, logits, targets, shift):
-    """A .npy file of the scored targets' shape, float32 (float64 for float64 logits), mapped for writing."""
+class _Output:
+    """An output file written under a temporary name in its folder and moved to
+    its own name only once the run succeeded: a run refused or failing midway
+    leaves no file behind and an existing one as it was.  The name is the
+    one given, as given (``np.save`` would add ``.npy`` to a bare name).
+    ``with _Output(None)`` gives None."""
+
+    def __init__(self, path):
+        self.path, self.temporary = path, None
+
+    def __enter__(self):
+        if self.path is None:
+            return None
+        folder, name = os.path.split(os.path.abspath(self.path))
+        try:
+            descriptor, self.temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
+        except OSError as error:
+            raise _Fail(f"{self.path}: cannot write ({error.strerror or error})") from None
+        os.close(descriptor)
+        mask = os.umask(0)  # mkstemp's files are private; the output gets the usual mode
+        os.umask(mask)
+        os.chmod(self.temporary, 0o666 & ~mask)
+        return self.temporary
+
+    def __exit__(self, kind, error, trace):
+        if self.temporary is None:
+            return False
+        if kind is None:
+            try:
+                os.replace(self.temporary, self.path)
+                return False
+            except OSError as failure:
+                error = _Fail(f"{self.path}: cannot write ({failure.strerror or failure})")
+        try:
+            os.unlink(self.temporary)
+        except OSError:
+            pass
+        if kind is None:
+            raise error
+        return False
+
+
+def _open_output(path, name, logits, targets, shift):
+    """A .npy file at ``path`` (the output ``name``'s temporary file) of the scored
+    targets' shape, float32 (float64 for float64 logits), mapped for writing."""
     import numpy as np
 
     from ._arrays import result_dtype
@@ -196,16 +246,17 @@ def _open_output(path, logits, targets, shift):
     try:
         return np.lib.format.open_memmap(path, mode="w+", dtype=result_dtype(logits.dtype), shape=shape)
     except OSError as error:
-        raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
+        raise _Fail(f"{name}: cannot write ({error.strerror or error})") from None
 
 
-def _save(path, array):
+def _save(path, name, array):
     import numpy as np
 
     try:
-        np.save(path, array)
+        with open(path, "wb") as file:  # a file object: np.save adds no suffix
+            np.save(file, array)
     except OSError as error:
-        raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
+        raise _Fail(f"{name}: cannot write ({error.strerror or error})") from None
 
 
 def _score(args):
@@ -328,6 +379,7 @@ def _demo(args):
     from ._files import open_array
 
     with tempfile.TemporaryDirectory(prefix="nbce-demo-") as folder:
+        _check_demo_space(folder, args.rows, args.classes)
         print(f"nbce demo: writing {args.rows:,} x {args.classes:,} float16 logits "
               f"({args.rows * args.classes * 2 / 1e6:,.0f} MB) and Zipf-distributed targets to {folder}",
               file=sys.stderr)
@@ -342,6 +394,28 @@ def _demo(args):
         _check_sample(logits, targets, score_args)
         del logits, targets  # unmap before the folder goes
     return 0
+
+
+def _check_demo_space(folder, rows, classes):
+    """Refuse a demo data set that the temporary folder's disk, or memory, cannot
+    hold (a full disk under a memory map would end the process with SIGBUS)."""
+    import shutil
+
+    needed = rows * classes * 2 + rows * 8
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise _Fail(f"--rows {rows:,} --classes {classes:,} need {needed:,} bytes in {folder}, "
+                    f"where {free:,} are free: choose fewer")
+    if classes * 4 * 520 > _memory_bytes():  # about 520 float32 rows: a block of 512, the prior, temporaries
+        raise _Fail(f"--classes {classes:,} needs {classes * 4 * 520:,} bytes of memory to generate: choose fewer")
+
+
+def _memory_bytes():
+    """Physical memory, or 2**63 where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
 
 
 def _check_sample(logits, targets, args, sample_rows=256):

@@ -369,7 +369,7 @@ def row_weights(backend, weight, batch_shape, origin=()):
     if weight is None:
         return np.empty(0)
     array = backend.host_array(weight)
-    if array.dtype.kind not in "fiub" or array.dtype.name == "bfloat16":
+    if array.dtype.kind not in "fiub" and array.dtype.name != "bfloat16":
         raise TypeError(f"weight must be a real array, got dtype {array.dtype}")
     _checks.check_shape("weight", array.shape, batch_shape, "one weight per target")
     flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)

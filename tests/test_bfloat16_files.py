@@ -28,6 +28,13 @@ def test_evaluate_reads_two_byte_words_as_bfloat16(saved, words):
     assert result == nbce.evaluate(x, t, device="cpu")
 
 
+@pytest.mark.parametrize("words", [">u2", ">i2"])
+def test_big_endian_words_are_read_in_their_order(saved, words):
+    folder, x, t = saved
+    raw = np.load(folder / "logits.npy").view(words[1:]).astype(words)  # the same values, bytes swapped
+    assert nbce.evaluate(raw, t, dtype="bfloat16", device="cpu") == nbce.evaluate(x, t, device="cpu")
+
+
 def test_the_view_is_zero_copy_and_stays_a_memory_map(saved):
     from nbce._arrays import reinterpret
 

@@ -45,6 +45,35 @@ def test_weights_broadcast(reduction, rng):
                  ref.binary_cross_entropy(p, y, weight=weight, reduction=reduction), "float64")
 
 
+@pytest.mark.parametrize("kind", ["int64", "uint8", "bool", "python int"])
+def test_integer_weights_count_as_their_values(kind, rng):
+    x = make_logits(rng, (8, 6), "float32")
+    y = rng.random((8, 6)).astype(np.float32)
+    weight = rng.integers(0, 4, 6)
+    if kind == "python int":
+        weight, pos_weight = 2, 3
+    else:
+        weight, pos_weight = weight.astype(kind), (weight + 1).astype(kind)
+    floats = np.asarray(weight, np.float64), np.asarray(pos_weight, np.float64)
+    got = nbce.binary_cross_entropy_with_logits(x, y, weight=weight, pos_weight=pos_weight, reduction="none")
+    assert np.array_equal(got, nbce.binary_cross_entropy_with_logits(x, y, weight=floats[0], pos_weight=floats[1],
+                                                                      reduction="none"))
+    p = 1 / (1 + np.exp(-x))
+    assert nbce.binary_cross_entropy(p, y, weight=weight) == nbce.binary_cross_entropy(p, y, weight=floats[0])
+
+
+@pytest.mark.parametrize("probs, target, message", [
+    (np.array(0.5), np.array(-3.0), r"target = -3.0 is not a probability"),
+    (1.5, 1.0, r"probs = 1.5 is not a probability"),
+    (np.float32(-0.5), np.float32(1.0), r"probs = -0.5 is not a probability"),
+    ([0.5, 1.5], [1.0, 1.0], r"probs\[1\] = 1.5 is not a probability"),
+])
+def test_values_outside_the_unit_interval_raise_at_any_rank(probs, target, message):
+    # A 0-d input once gave the formula's value (0.693 for a target of -3).
+    with pytest.raises(ValueError, match=message):
+        nbce.binary_cross_entropy(probs, target, reduction="none")
+
+
 def test_logits_stable_at_huge_magnitudes():
     x = np.array([1e4, -1e4, 1e6, -1e6, 3e38, -3e38, 0.0], np.float32)
     y = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.5], np.float32)

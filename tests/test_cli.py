@@ -63,6 +63,53 @@ def test_an_output_over_an_input_is_refused_before_anything_is_written(files, ca
     assert (folder / which).read_bytes() == before
 
 
+def test_outputs_go_to_the_names_given(files, tmp_path, capsys):
+    # A bare name once became NAME.npy (np.save's suffix): "--per-sequence targets" replaced targets.npy.
+    folder, _, _ = files
+    before = (folder / "targets.npy").read_bytes()
+    code, _, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy",
+                       "--per-sequence", folder / "targets", "--per-token", tmp_path / "losses")
+    assert code == 0, err
+    assert (folder / "targets.npy").read_bytes() == before
+    assert np.load(folder / "targets").dtype.names == ("loss", "perplexity", "tokens")
+    assert np.load(tmp_path / "losses").shape == (300,)
+    assert not [p for p in [*folder.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".partial")]
+
+
+def test_one_name_for_both_outputs_is_refused(files, tmp_path, capsys):
+    folder, _, _ = files
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy",
+                         "--per-token", outputs / "same.npy", "--per-sequence", outputs / "same.npy")
+    assert code == 2 and out == "" and "give each its own file" in err and err.count("\n") == 1
+    assert list(outputs.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--per-token", "--per-sequence"])
+def test_a_refused_run_leaves_its_outputs_as_they_were(files, tmp_path, capsys, option):
+    folder, _, _ = files
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    np.save(tmp_path / "bad_targets.npy", np.full(300, 99, np.int64))
+    (outputs / "old.npy").write_bytes(b"earlier results")
+    for output in (outputs / "old.npy", outputs / "new.npy"):
+        code, _, err = run(capsys, "score", folder / "logits.npy", tmp_path / "bad_targets.npy", option, output)
+        assert code == 2 and "is not a class index" in err and err.count("\n") == 1
+    assert (outputs / "old.npy").read_bytes() == b"earlier results"
+    assert [p.name for p in outputs.iterdir()] == ["old.npy"]
+
+
+@pytest.mark.parametrize("option", ["--per-token", "--per-sequence"])
+def test_an_output_that_cannot_be_written_is_refused_before_scoring(files, tmp_path, capsys, option):
+    folder, _, _ = files
+    code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", option,
+                         tmp_path / "missing" / "out.npy")
+    assert code == 2 and out == "" and "cannot write (No such file or directory)" in err
+    code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", option, tmp_path)
+    assert code == 2 and out == "" and "is a directory" in err
+
+
 def test_npz_members(tmp_path, files, capsys):
     folder, x, t = files
     np.savez(tmp_path / "stored.npz", logits=x, targets=t)
@@ -176,6 +223,12 @@ def test_demo_of_one_or_two_rows_checks(capsys, rows):
     code, out, err = run(capsys, "demo", "--rows", rows, "--classes", "50", "--device", "cpu")
     assert code == 0, err
     assert "check: nbce agrees with a float64 NumPy reference" in out
+
+
+@pytest.mark.parametrize("rows, classes, message", [(1, 10**13, "bytes in"), (10**9, 10**6, "bytes in")])
+def test_a_demo_too_large_for_the_disk_is_refused(capsys, rows, classes, message):
+    code, out, err = run(capsys, "demo", "--rows", rows, "--classes", classes, "--device", "cpu")
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
 
 
 def test_sample_check_treats_nan_on_both_sides_as_agreement():
@@ -294,11 +347,13 @@ def test_odd_paths_are_one_line_and_status_2(files, tmp_path):
     os.symlink(tmp_path / "loop.npy", tmp_path / "loop.npy")
     _absurd_header(tmp_path / "absurd.npy", (2**62, 2**62))
     _absurd_header(tmp_path / "negative.npy", (-3, 5))
+    _absurd_header(tmp_path / "empty_but_huge.npy", (0, 10**30))  # no bytes, but no array NumPy can make
     for argument, message in [(tmp_path / "fifo.npy", "not a regular file"),
                               (tmp_path / "loop.npy", "cannot open (Too many levels of symbolic links)"),
                               (f"{folder / 'logits.npy'}:logits", "a .npy file holds one array; drop ':logits'"),
                               (tmp_path / "absurd.npy", "its header declares a (4611686018427387904, "),
                               (tmp_path / "negative.npy", "its header declares the shape (-3, 5), with a negative"),
+                              (tmp_path / "empty_but_huge.npy", "beyond NumPy's limits"),
                               (folder, "is a directory")]:
         _assert_one_line_status_2(*_score_in_a_process(argument, targets, timeout=60), message)
 

@@ -292,6 +292,14 @@ def test_bad_target_names_its_position_in_the_whole_array(rng):
         nbce.evaluate(x, t, weight=w, chunk_rows=8)
 
 
+def test_bad_target_in_an_iterable_of_single_rows_names_its_row():
+    rows = [(np.zeros(5), np.int64(i % 5)) for i in range(4)]
+    with pytest.raises(ValueError, match=r"target\[4\] = 7 is not a class index"):
+        nbce.evaluate(rows + [(np.zeros(5), np.int64(7))])
+    with pytest.raises(ValueError, match=r"weight\[4\] = -1.0"):
+        nbce.evaluate([(row, t, np.float64(1.0)) for row, t in rows] + [(np.zeros(5), np.int64(0), np.float64(-1.0))])
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda x, t: nbce.evaluate(x, t.astype(np.float32)), TypeError, "integer class indices"),
     (lambda x, t: nbce.evaluate(x, t[:-1]), ValueError, "target has shape"),
@@ -402,6 +410,16 @@ def test_huge_and_tiny_weights_give_exact_ratios(weights, rng):
     loss, top1 = _fraction_reference(x, t, w)
     assert result.loss == loss and result.accuracy == {1: top1, 5: 1.0}
     assert math.isfinite(result.entropy) and 0.0 <= result.ece <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["bfloat16", "float16", "int32", "bool"])
+def test_row_weights_of_any_real_dtype(kind, rng):
+    if kind == "bfloat16":
+        kind = pytest.importorskip("ml_dtypes").bfloat16
+    x = make_logits(rng, (30, 6), "float32")
+    t = rng.integers(0, 6, 30)
+    w = rng.integers(0, 3, 30).astype(kind)
+    assert nbce.evaluate(x, t, weight=w) == nbce.evaluate(x, t, weight=w.astype(np.float64))
 
 
 def test_weights_of_1e306_from_the_issue():

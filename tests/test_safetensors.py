@@ -95,6 +95,14 @@ def test_damaged_files_are_refused(tmp_path, data, damage, message):
         open_array(str(path))
 
 
+def test_an_empty_tensor_of_an_impossible_shape_is_refused(tmp_path):
+    path = tmp_path / "x.safetensors"
+    text = json.dumps({"logits": {"dtype": "F32", "shape": [0, 10**30], "data_offsets": [0, 0]}}).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    with pytest.raises(InputError, match="beyond NumPy's limits"):
+        open_array(f"{path}:logits")
+
+
 def test_keys_are_named(tmp_path, data):
     path = tmp_path / "x.safetensors"
     safetensors_numpy.save_file({"a": data[0], "b": data[1]}, str(path))

@@ -175,7 +175,7 @@ _ONE = np.ones((), dtype=np.float64)
 
 def _broadcast(values, shape, name):
     """``values`` broadcast to ``shape`` (no copy)."""
-    array = as_float_array(_ONE if values is None else values, name)
+    array = _arrays.as_weight_array(_ONE if values is None else values, name)
     try:
         return np.broadcast_to(array, shape)
     except ValueError:
