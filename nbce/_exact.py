@@ -284,9 +284,13 @@ def _product_error(a, b, p):
 
 @njit(**_INLINE_JIT)
 def add_product(bins, pending, special, i, w, v):
-    """Add ``w * v`` to accumulator ``i`` exactly, also where it under- or overflows float64."""
+    """Add ``w * v`` to accumulator ``i`` exactly, also where it under- or overflows
+    float64.  A weight w = 0 adds nothing, whatever v (an infinite or NaN v
+    included): a row of weight 0 is left out of the sums."""
     if w == 1.0:
         add(bins, pending, special, i, v)
+        return
+    if w == 0.0:
         return
     p = w * v
     if not (math.isfinite(w) and math.isfinite(v)):

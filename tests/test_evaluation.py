@@ -422,6 +422,17 @@ def test_row_weights_of_any_real_dtype(kind, rng):
     assert nbce.evaluate(x, t, weight=w) == nbce.evaluate(x, t, weight=w.astype(np.float64))
 
 
+def test_a_row_of_weight_zero_is_left_out_whatever_its_figures():
+    # Its loss is +inf (the target's logit is -inf): 0 * inf once made the loss NaN.
+    x = np.array([[0.0, -np.inf, 1.0], [2.0, 1.0, 0.0], [0.5, 0.25, 3.0]])
+    t = np.array([1, 0, 2])
+    result = nbce.evaluate(x, t, weight=np.array([0.0, 1.0, 2.0]))
+    without = nbce.evaluate(x[1:], t[1:], weight=np.array([1.0, 2.0]))
+    assert math.isfinite(result.loss)
+    for name in ("loss", "entropy", "accuracy", "ece"):
+        assert getattr(result, name) == getattr(without, name), name
+
+
 def test_weights_of_1e306_from_the_issue():
     x = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
     result = nbce.evaluate(x, np.array([0, 0]), weight=np.array([1e306, 1e306]))

@@ -122,9 +122,12 @@ def _add(state, held, n_sums, acc, x):
 
 @dev.jit(device=True)
 def _add_product(state, held, n_sums, acc, w, v):
-    """Add the exact product ``w * v`` to sum ``acc``, also where it under- or overflows float64."""
+    """Add the exact product ``w * v`` to sum ``acc``, also where it under- or overflows
+    float64; nothing for w = 0, whatever v (as ``nbce._exact.add_product``)."""
     if w == 1.0:
         _add(state, held, n_sums, acc, v)
+        return
+    if w == 0.0:
         return
     if not (math.isfinite(w) and math.isfinite(v)):
         _flag(state, n_sums, acc, w * v)
