@@ -137,6 +137,8 @@ def as_weight_array(values, name):
     array = host_array(values)
     if array.dtype.kind in "iub":
         return array.astype(np.float64)
+    if array.dtype.kind != "f" and dtype_name(array.dtype) != "bfloat16":
+        raise TypeError(f"{name} must be a real array (floating-point, integer or boolean), got dtype {array.dtype}")
     return as_float_array(array, name)
 
 

@@ -60,11 +60,17 @@ _byte_bounds = getattr(getattr(np.lib, "array_utils", None), "byte_bounds", None
 
 @dataclass(frozen=True)
 class Chunk:
-    first_row: int  # index of the chunk's first entry along the target's first axis
+    first_row: int  # index of the chunk's first entry along the target's first axis (None: a 0-d target)
     logits: object
     target: object
     weight: object
     rows: int  # rows (targets) in the chunk
+
+    @property
+    def origin(self):
+        """Where the chunk's target starts in the whole target, for error messages:
+        (first_row,), or () for a whole target of no axis."""
+        return () if self.first_row is None else (self.first_row,)
 
 
 def _is_file_mapping(array):
@@ -303,7 +309,8 @@ def row_chunks(logits, target, weight, axis, chunk_rows):
     files = _Files()
     try:
         if logits.ndim == 1:
-            yield Chunk(0, files.resident(logits), files.resident(target), files.resident(weight), 1)
+            yield Chunk(None if target.ndim == 0 else 0, files.resident(logits), files.resident(target),
+                        files.resident(weight), 1)
             return
         along = chunk_axis(axis)
         n = logits.shape[along]

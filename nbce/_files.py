@@ -37,7 +37,7 @@ _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "
                        "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
 # A header larger than this is not a safetensors file (the format caps it at 100 MB).
 _MAX_SAFETENSORS_HEADER = 100_000_000
-_MAX_LENGTH = np.iinfo(np.intp).max
+_MAX_BYTES = np.iinfo(np.intp).max
 _MAX_DIMENSIONS = 64  # NumPy's
 _SAFETENSORS_SUFFIX = ".safetensors"
 _HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
@@ -119,19 +119,21 @@ def _read_header(f, label):
         raise InputError(f"{label}: not a readable .npy array ({error})") from None
     if dtype.hasobject:
         raise InputError(f"{label} holds Python objects, not numbers")
-    _check_shape(label, shape)
+    _check_shape(label, shape, dtype.itemsize)
     return shape, fortran_order, dtype, prod(shape) * dtype.itemsize
 
 
-def _check_shape(label, shape):
-    """InputError for a declared shape NumPy cannot make: a negative length, or
-    one past the largest index (an array with a zero length holds no bytes, so
-    the size checks let it through)."""
+def _check_shape(label, shape, itemsize):
+    """InputError for a declared shape NumPy cannot make: a negative length, more
+    than 64 axes, or lengths whose non-zero ones span more bytes than an index
+    reaches (an array with a zero length holds no bytes, so the size checks
+    let it through, but NumPy refuses to make it)."""
     if any(n < 0 for n in shape):
         raise InputError(f"{label}: its header declares the shape {shape}, with a negative length")
-    if any(n > _MAX_LENGTH for n in shape) or len(shape) > _MAX_DIMENSIONS:
+    if len(shape) > _MAX_DIMENSIONS or prod(n for n in shape if n) * itemsize > _MAX_BYTES:
         raise InputError(f"{label}: its header declares the shape {shape}, beyond NumPy's limits "
-                         f"(lengths up to {_MAX_LENGTH:,}, at most {_MAX_DIMENSIONS} axes)")
+                         f"(at most {_MAX_DIMENSIONS} axes, whose non-zero lengths span at most "
+                         f"{_MAX_BYTES:,} bytes)")
 
 
 def _check_size(label, shape, dtype, nbytes, available, exact=False):
@@ -291,7 +293,7 @@ def _safetensors_member(f, path, key):
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{label}: a damaged safetensors header entry ({entry!r})") from None
     dtype = _safetensors_dtype(name, label)
-    _check_shape(label, shape)
+    _check_shape(label, shape, dtype.itemsize)
     nbytes = prod(shape) * dtype.itemsize
     start = 8 + length + begin
     if nbytes != end - begin:

@@ -18,8 +18,10 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -123,8 +125,30 @@ def _parser():
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, unwound like Ctrl-C so that temporary files are removed."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def _terminate(signal_number, frame):
+    raise _Terminated(signal_number)
+
+
+def _catch_termination():
+    """Make SIGTERM and SIGHUP raise ``_Terminated`` (from the main thread only,
+    where Python delivers signals); returns what to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    return {number: signal.signal(number, _terminate) for number in numbers}
+
+
 def main(argv=None):
     name = "nbce"
+    previous = _catch_termination()
     try:
         args = _parser().parse_args(argv)
         name = f"nbce {args.command}"
@@ -135,31 +159,39 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated as termination:
+        print(f"{name}: terminated", file=sys.stderr)
+        return 128 + termination.signal_number
     except BrokenPipeError:  # the reader of the output went away (``nbce score ... | head``)
         # Python flushes stdout at exit and would report the broken pipe again: point it at nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(number, handler)
 
 
-def _run_evaluation(logits, targets, args, progress):
-    """(result, seconds); the kernels are compiled (or loaded from Numba's cache) first, untimed."""
+def _run_evaluation(logits, targets, args, progress, verify=None):
+    """(result, seconds); the kernels are compiled (or loaded from Numba's cache) first, untimed.
+    ``verify()``, when given, runs after the scoring and before the output files
+    are put in place, so that its refusal leaves them as they were."""
     import nbce
 
     shift = getattr(args, "shift", False)
     options = dict(axis=args.axis, ignore_index=args.ignore_index, top_k=args.top_k,
                    calibration_bins=args.calibration_bins, device=args.device, shift=shift)
-    per_token_path, per_sequence_path = getattr(args, "per_token", None), getattr(args, "per_sequence", None)
-    _check_outputs(args)
-    with _Output(per_token_path) as token_file, _Output(per_sequence_path) as sequence_file:
+    with _Outputs(args) as outputs:
         per_token = None
         try:
             if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
                 nbce.evaluate(logits[:1], targets[:1], **options)
-            if token_file is not None:
-                per_token = _open_output(token_file, per_token_path, logits, targets, shift)
+            if outputs.temporary("per_token") is not None:
+                per_token = _open_output(outputs.temporary("per_token"), args.per_token, logits, targets, shift)
             start = time.perf_counter()
             result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress,
-                                   per_sequence=sequence_file is not None, per_token=per_token, **options)
+                                   per_sequence=outputs.temporary("per_sequence") is not None, per_token=per_token,
+                                   **options)
             seconds = time.perf_counter() - start
         except (ValueError, TypeError, RuntimeError) as error:
             raise _Fail(str(error)) from None
@@ -168,69 +200,103 @@ def _run_evaluation(logits, targets, args, progress):
         if per_token is not None:
             per_token.flush()
             del per_token
-        if sequence_file is not None:
-            _save(sequence_file, per_sequence_path, result.per_sequence)
+        if outputs.temporary("per_sequence") is not None:
+            _save(outputs.temporary("per_sequence"), args.per_sequence, result.per_sequence)
+        if verify is not None:
+            verify()
+        outputs.commit()
     return result, seconds
 
 
+_OUTPUT_OPTIONS = ("per_token", "per_sequence")
+
+
 def _check_outputs(args):
-    """The output files (``--per-token``, ``--per-sequence``): two different
-    paths, neither an input file nor a directory, in a folder we can write to."""
+    """The output files (``--per-token``, ``--per-sequence``): a file name each, two
+    different files, neither an input file nor an existing directory, device,
+    FIFO or other file that is not a regular one (symbolic links are followed)."""
     from ._files import _split_spec
 
     specs = (getattr(args, "logits", None), getattr(args, "targets", None))
     inputs = [path for path in (_split_spec(spec)[0] for spec in specs if spec is not None) if os.path.exists(path)]
-    outputs = [(f"--{option.replace('_', '-')}", getattr(args, option, None)) for option in ("per_token", "per_sequence")]
+    outputs = [(f"--{option.replace('_', '-')}", getattr(args, option, None)) for option in _OUTPUT_OPTIONS]
     outputs = [(option, path) for option, path in outputs if path is not None]
     for option, output in outputs:
-        if os.path.isdir(output):
-            raise _Fail(f"{option} {output}: is a directory; name a file")
+        if not os.path.basename(output) or os.path.isdir(output):
+            raise _Fail(f"{option} {output!r}: not a file name; name a file")
+        if os.path.exists(output) and not os.path.isfile(output):
+            raise _Fail(f"{option} {output}: not a regular file (a device, FIFO or socket?); name a file")
         if os.path.exists(output) and any(os.path.samefile(output, path) for path in inputs):
             raise _Fail(f"{option} {output}: that is an input file; write the output elsewhere")
-    if len(outputs) == 2 and os.path.abspath(outputs[0][1]) == os.path.abspath(outputs[1][1]):
+    if len(outputs) == 2 and os.path.realpath(outputs[0][1]) == os.path.realpath(outputs[1][1]):
         raise _Fail(f"--per-token and --per-sequence both name {outputs[0][1]}; give each its own file")
 
 
-class _Output:
-    """An output file written under a temporary name in its folder and moved to
-    its own name only once the run succeeded: a run refused or failing midway
-    leaves no file behind and an existing one as it was.  The name is the
-    one given, as given (``np.save`` would add ``.npy`` to a bare name).
-    ``with _Output(None)`` gives None."""
+class _Outputs:
+    """The run's output files, each written under a temporary name in the folder of
+    the file it is to become (a symbolic link's target: the link stays) and
+    renamed to it by ``commit`` once the run has succeeded.  A run refused,
+    failing or interrupted midway removes its temporary files and leaves no
+    output behind, and an existing one as it was.  The names are used as
+    given (``np.save`` would add ``.npy`` to a bare name)."""
 
-    def __init__(self, path):
-        self.path, self.temporary = path, None
+    def __init__(self, args):
+        _check_outputs(args)
+        self._paths = {option: getattr(args, option, None) for option in _OUTPUT_OPTIONS}
+        self._temporary = {}
 
     def __enter__(self):
-        if self.path is None:
-            return None
-        folder, name = os.path.split(os.path.abspath(self.path))
         try:
-            descriptor, self.temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
-        except OSError as error:
-            raise _Fail(f"{self.path}: cannot write ({error.strerror or error})") from None
-        os.close(descriptor)
-        mask = os.umask(0)  # mkstemp's files are private; the output gets the usual mode
-        os.umask(mask)
-        os.chmod(self.temporary, 0o666 & ~mask)
-        return self.temporary
+            for option, path in self._paths.items():
+                if path is not None:
+                    self._temporary[option] = _temporary_beside(os.path.realpath(path), path)
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def temporary(self, option):
+        """The temporary file of output ``option``, or None when it was not asked for."""
+        return self._temporary.get(option)
+
+    def commit(self):
+        """Rename each temporary file to its output."""
+        for option, temporary in list(self._temporary.items()):
+            path = self._paths[option]
+            try:
+                os.replace(temporary, os.path.realpath(path))
+            except OSError as error:
+                raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
+            del self._temporary[option]
 
     def __exit__(self, kind, error, trace):
-        if self.temporary is None:
-            return False
-        if kind is None:
-            try:
-                os.replace(self.temporary, self.path)
-                return False
-            except OSError as failure:
-                error = _Fail(f"{self.path}: cannot write ({failure.strerror or failure})")
-        try:
-            os.unlink(self.temporary)
-        except OSError:
-            pass
-        if kind is None:
-            raise error
+        self._remove()
         return False
+
+    def _remove(self):
+        for temporary in self._temporary.values():
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+        self._temporary.clear()
+
+
+def _temporary_beside(target, name):
+    """A new empty file in ``target``'s folder, with the mode a new file there would
+    get (mkstemp's are private); ``name`` (the output as given) names it in errors."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".nbce-", suffix=".partial")
+    except OSError as error:
+        raise _Fail(f"{name}: cannot write ({error.strerror or error})") from None
+    os.close(descriptor)
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.chmod(temporary, 0o666 & ~mask)
+    except OSError:  # a file system without modes: keep the one it gave
+        pass
+    return temporary
 
 
 def _open_output(path, name, logits, targets, shift):
@@ -272,12 +338,11 @@ def _score(args):
         raise _Fail(f"{args.logits}: {error}" if isinstance(error, (TypeError, RuntimeError)) else str(error)) from None
     _check_shapes(logits, targets, args)
     try:
-        result, seconds = _run_evaluation(logits, targets, args,
-                                          progress=not args.no_progress and sys.stderr.isatty())
+        result, seconds = _run_evaluation(logits, targets, args, progress=not args.no_progress and sys.stderr.isatty(),
+                                          verify=lambda: _verify(checks))
     except _Fail:
         _verify(checks)  # damaged bytes explain a failure better than what they caused (a target out of range)
         raise
-    _verify(checks)
     throughput = {"seconds": seconds, "rows_per_second": result.count / seconds if seconds else None,
                   "gb_per_second": logits.nbytes / seconds / 1e9 if seconds else None}
     if result.pipeline is not None:  # host files streamed through the GPU: its stages

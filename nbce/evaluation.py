@@ -606,7 +606,7 @@ def _score_chunks(evaluator, chunks, first, recorder, origin, total_rows, total_
                 if device == "cpu" and is_cuda_array(chunk.logits):
                     raise ValueError("device='cpu' needs host logits, but these live on a GPU")
                 backend = evaluator._update(chunk.logits, chunk.target, chunk.weight, None,
-                                            (chunk.first_row, *origin), settle=False)
+                                            (*chunk.origin, *origin), settle=False)
                 if backend.SUMS_ON_DEVICE:
                     devices.add(backend)
                 bar.update(chunk.rows, chunk.logits.nbytes)

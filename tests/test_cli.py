@@ -101,13 +101,51 @@ def test_a_refused_run_leaves_its_outputs_as_they_were(files, tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("option", ["--per-token", "--per-sequence"])
-def test_an_output_that_cannot_be_written_is_refused_before_scoring(files, tmp_path, capsys, option):
+def test_an_output_that_cannot_be_written_is_refused_before_scoring(files, tmp_path, capsys, option, monkeypatch):
     folder, _, _ = files
-    code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", option,
-                         tmp_path / "missing" / "out.npy")
-    assert code == 2 and out == "" and "cannot write (No such file or directory)" in err
-    code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", option, tmp_path)
-    assert code == 2 and out == "" and "is a directory" in err
+    scored = []
+    monkeypatch.setattr(nbce, "evaluate", lambda *args, **kwargs: scored.append(args))
+    os.mkfifo(tmp_path / "fifo")
+    for output, words in [(tmp_path / "missing" / "out.npy", "cannot write (No such file or directory)"),
+                          (tmp_path, "not a file name"), ("", "not a file name"), (f"{tmp_path}/new/", "not a file name"),
+                          ("/dev/null", "not a regular file"), (tmp_path / "fifo", "not a regular file")]:
+        code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", option, output)
+        assert code == 2 and out == "" and words in err and err.count("\n") == 1, (output, err)
+    assert scored == []
+
+
+def test_an_output_through_a_symbolic_link_replaces_its_target(files, tmp_path, capsys):
+    folder, _, _ = files
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "real.npy").write_bytes(b"earlier results")
+    os.symlink(outputs / "real.npy", outputs / "link.npy")
+    os.symlink(outputs / "created.npy", outputs / "dangling.npy")
+    long_name = "a" * 250  # legal; a temporary name built from it would not be
+    code, _, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy",
+                       "--per-token", outputs / "link.npy", "--per-sequence", outputs / "dangling.npy")
+    assert code == 0, err
+    assert os.path.islink(outputs / "link.npy") and np.load(outputs / "real.npy").shape == (300,)
+    assert os.path.islink(outputs / "dangling.npy") and np.load(outputs / "created.npy").dtype.names
+    code, _, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", "--per-token", outputs / long_name)
+    assert code == 0, err
+    assert np.load(outputs / long_name).shape == (300,)
+
+
+def test_outputs_are_put_in_place_only_after_the_inputs_checksums_pass(files, tmp_path, capsys):
+    folder, x, t = files
+    np.savez(tmp_path / "stored.npz", logits=x, targets=t)
+    stored = bytearray((tmp_path / "stored.npz").read_bytes())
+    stored[stored.index(b"PK\x01\x02") - 8] ^= 0x01  # a byte of the last member's data: scored, then its CRC fails
+    (tmp_path / "flipped.npz").write_bytes(bytes(stored))
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "old.npy").write_bytes(b"earlier results")
+    code, out, err = run(capsys, "score", f"{tmp_path / 'stored.npz'}:logits", f"{tmp_path / 'flipped.npz'}:targets",
+                         "--per-token", outputs / "old.npy", "--per-sequence", outputs / "new.npy")
+    assert code == 2 and "CRC-32" in err, err
+    assert [p.name for p in outputs.iterdir()] == ["old.npy"]
+    assert (outputs / "old.npy").read_bytes() == b"earlier results"
 
 
 def test_npz_members(tmp_path, files, capsys):
@@ -176,18 +214,26 @@ def _sigint_default():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_sigint_while_scoring_exits_130_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("sent, status, words", [(signal.SIGINT, 130, "interrupted"),
+                                                  (signal.SIGTERM, 128 + signal.SIGTERM, "terminated")])
+def test_a_signal_while_scoring_is_one_line_and_leaves_the_outputs_as_they_were(tmp_path, sent, status, words):
     # 300,000 one-row chunks: many seconds of scoring, so the signal lands mid-run
     np.save(tmp_path / "x.npy", np.zeros((300_000, 4), np.float16))
     np.save(tmp_path / "t.npy", np.zeros(300_000, np.int64))
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "old.npy").write_bytes(b"earlier results")
     child = subprocess.Popen([sys.executable, "-m", "nbce", "score", str(tmp_path / "x.npy"), str(tmp_path / "t.npy"),
-                              "--chunk-rows", "1", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, preexec_fn=_sigint_default)
+                              "--chunk-rows", "1", "--no-progress", "--per-token", str(outputs / "old.npy"),
+                              "--per-sequence", str(outputs / "new.npy")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     time.sleep(3.0)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sent)
     out, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
-    assert err == "nbce score: interrupted\n" and out == ""
+    assert child.returncode == status, err
+    assert err == f"nbce score: {words}\n" and out == ""
+    assert [p.name for p in outputs.iterdir()] == ["old.npy"]  # no temporary file left
+    assert (outputs / "old.npy").read_bytes() == b"earlier results"
 
 
 def test_python_dash_m_in_a_fresh_process(files):
@@ -348,12 +394,14 @@ def test_odd_paths_are_one_line_and_status_2(files, tmp_path):
     _absurd_header(tmp_path / "absurd.npy", (2**62, 2**62))
     _absurd_header(tmp_path / "negative.npy", (-3, 5))
     _absurd_header(tmp_path / "empty_but_huge.npy", (0, 10**30))  # no bytes, but no array NumPy can make
+    _absurd_header(tmp_path / "empty_but_wide.npy", (2**40, 2**40, 0))  # lengths that fit, a span that does not
     for argument, message in [(tmp_path / "fifo.npy", "not a regular file"),
                               (tmp_path / "loop.npy", "cannot open (Too many levels of symbolic links)"),
                               (f"{folder / 'logits.npy'}:logits", "a .npy file holds one array; drop ':logits'"),
-                              (tmp_path / "absurd.npy", "its header declares a (4611686018427387904, "),
+                              (tmp_path / "absurd.npy", "the shape (4611686018427387904, 4611686018427387904), beyond NumPy"),
                               (tmp_path / "negative.npy", "its header declares the shape (-3, 5), with a negative"),
                               (tmp_path / "empty_but_huge.npy", "beyond NumPy's limits"),
+                              (tmp_path / "empty_but_wide.npy", "beyond NumPy's limits"),
                               (folder, "is a directory")]:
         _assert_one_line_status_2(*_score_in_a_process(argument, targets, timeout=60), message)
 

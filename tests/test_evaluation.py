@@ -298,6 +298,8 @@ def test_bad_target_in_an_iterable_of_single_rows_names_its_row():
         nbce.evaluate(rows + [(np.zeros(5), np.int64(7))])
     with pytest.raises(ValueError, match=r"weight\[4\] = -1.0"):
         nbce.evaluate([(row, t, np.float64(1.0)) for row, t in rows] + [(np.zeros(5), np.int64(0), np.float64(-1.0))])
+    with pytest.raises(ValueError, match=r"target = 7 is not a class index"):  # a whole target of no axis
+        nbce.evaluate(np.zeros(5), np.int64(7))
 
 
 @pytest.mark.parametrize("call,error,match", [

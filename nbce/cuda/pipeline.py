@@ -107,7 +107,7 @@ class _Slot:
         logical = np.dtype(np.float32) if bfloat16 else words.dtype
         rows = as_rows(DeviceFloats(on_device, logical, bfloat16, on_device), words.ndim - 1, self.stream)
         check_targets(cpu, chunk.target, rows.batch_shape)
-        per_row = row_metrics(rows, chunk.target, evaluator.ignore_index, (chunk.first_row,), self.stream)
+        per_row = row_metrics(rows, chunk.target, evaluator.ignore_index, chunk.origin, self.stream)
         events[2].record(self.stream)
         results = None
         if evaluator._sink is None:  # the sums stay on the device
@@ -186,7 +186,7 @@ def stream_host_chunks(evaluator, chunks, progress):
             slot = slots[i % 2]
             slot.drain(evaluator, timings)
             target_shape = np.shape(chunk.target)
-            slot.submit(evaluator, chunk, row_weights(cpu, chunk.weight, target_shape, (chunk.first_row,)),
+            slot.submit(evaluator, chunk, row_weights(cpu, chunk.weight, target_shape, chunk.origin),
                         timings)
             timings.bytes += chunk.logits.nbytes
             progress.update(chunk.rows, chunk.logits.nbytes)
