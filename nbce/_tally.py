@@ -161,11 +161,11 @@ def _add_bin_field(field, first_bin, rank, confidence, weight, row_bin, bin_coun
     """``field`` (BIN_WEIGHT, BIN_CONFIDENCE or BIN_CORRECT) of every calibration bin:
     sum w, sum w*confidence or sum w*[rank == 0] over the rows ranked whose
     confidence is a number, each in its confidence's bin (``_row_bins``).
-    Unit weights are counted per bin in ``bin_counts`` (zeros, one per bin)
-    and each count added once (see ``_add_weights``)."""
-    weighted = weight.size > 0
-    if field == BIN_CONFIDENCE and not weighted:
-        _add_unit_confidences(first_bin, confidence, row_bin, bin_counts, partials, used, special)
+    With unit weights the job of BIN_CONFIDENCE forms all three
+    (``_add_unit_bins``), and the other two jobs have nothing to do."""
+    if weight.size == 0:
+        if field == BIN_CONFIDENCE:
+            _add_unit_bins(first_bin, rank, confidence, row_bin, bin_counts, partials, used, special)
         return
     for r in range(rank.size):
         b = row_bin[r]
@@ -174,30 +174,36 @@ def _add_bin_field(field, first_bin, rank, confidence, weight, row_bin, bin_coun
         at = first_bin + _PER_BIN * b + field
         if field == BIN_CONFIDENCE:
             add_product(partials, used, special, at, weight[r], confidence[r])
-        elif weighted:
-            add(partials, used, special, at, weight[r])
         else:
-            bin_counts[b] += 1
-    for b in range(bin_counts.size):
-        if bin_counts[b] > 0:
-            add(partials, used, special, first_bin + _PER_BIN * b + field, np.float64(bin_counts[b]))
+            add(partials, used, special, at, weight[r])
 
 
 @njit(**JIT_NO_NRT)
-def _add_unit_confidences(first_bin, confidence, row_bin, bin_counts, partials, used, special):
-    """Field BIN_CONFIDENCE with unit weights: runs of ``add_in_run``, each run
-    counted once in every bin it reached (``bin_counts``, zeros, counts them:
-    a bin never reached keeps its pending count 0, see ``nbce._exact``)."""
+def _add_unit_bins(first_bin, rank, confidence, row_bin, bin_counts, partials, used, special):
+    """The three fields of every bin with unit weights, in one pass over the rows:
+    the confidences as runs of ``add_in_run`` (each run counted once in every
+    bin it reached: a bin never reached keeps its pending count 0, see
+    ``nbce._exact``), the rows and the rows ranked 0 counted per bin
+    (``bin_counts``, zeros, shape (_PER_BIN, bins), one row per field) and
+    each count added once at the end."""
+    total, correct, in_run = bin_counts[BIN_WEIGHT], bin_counts[BIN_CORRECT], bin_counts[BIN_CONFIDENCE]
     for start in range(0, row_bin.size, RUN):
         for r in range(start, min(start + RUN, row_bin.size)):
             b = row_bin[r]
             if b >= 0:
                 add_in_run(partials, special, first_bin + _PER_BIN * b + BIN_CONFIDENCE, confidence[r])
-                bin_counts[b] += 1
-        for b in range(bin_counts.size):
-            if bin_counts[b] > 0:
+                in_run[b] += 1
+                correct[b] += rank[r] == 0
+        for b in range(in_run.size):
+            if in_run[b] > 0:
                 end_run(partials, used, first_bin + _PER_BIN * b + BIN_CONFIDENCE)
-                bin_counts[b] = 0
+                total[b] += in_run[b]
+                in_run[b] = 0
+    for b in range(total.size):
+        if total[b] > 0:
+            add(partials, used, special, first_bin + _PER_BIN * b + BIN_WEIGHT, np.float64(total[b]))
+        if correct[b] > 0:
+            add(partials, used, special, first_bin + _PER_BIN * b + BIN_CORRECT, np.float64(correct[b]))
 
 
 @njit(**JIT_NO_NRT)
@@ -218,8 +224,7 @@ def _tally_job(job, loss, rank, entropy, confidence, weight, top_k, row_bin, bin
         _add_weights(job, 0, top_k[job - _FIRST_TOP_K], rank, weight, partials, used, special)
     elif job < first_bin + _PER_BIN:
         field = job - first_bin
-        _add_bin_field(field, first_bin, rank, confidence, weight, row_bin, bin_counts[field], partials, used,
-                       special)
+        _add_bin_field(field, first_bin, rank, confidence, weight, row_bin, bin_counts, partials, used, special)
     elif job == first_bin + _PER_BIN:
         _add_row_sums(squares, loss, rank, entropy, weight, partials, used, special)
     else:
