@@ -1,7 +1,9 @@
-"""The GPU benchmarks' arithmetic and their exit without a GPU (no torch imported here)."""
+"""The GPU benchmarks' arithmetic and their exit without a GPU (torch imported by one
+test only), and the CPU functions table's calls."""
 
 import math
 
+import numpy as np
 import pytest
 
 _gpu = pytest.importorskip("benchmarks._gpu", reason="run from the repository root: python -m pytest")
@@ -44,3 +46,12 @@ def test_table_without_a_gpu_says_why_in_one_line_and_exits_0(monkeypatch, capsy
     assert gpu_table.main([]) == 0
     out = capsys.readouterr()
     assert out.out == "gpu_table: nothing to measure: torch is not installed.\n" and out.err == ""
+
+
+def test_the_functions_table_compares_like_with_like():
+    torch = pytest.importorskip("torch")
+    from benchmarks import functions_table
+
+    for label, ours, theirs in functions_table.cases(scale=256):
+        np.testing.assert_allclose(np.asarray(ours(), np.float64), theirs(torch).double().numpy(), rtol=2e-5,
+                                   atol=1e-6, err_msg=label)
