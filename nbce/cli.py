@@ -143,7 +143,9 @@ def _catch_termination():
     if threading.current_thread() is not threading.main_thread():
         return {}
     numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    return {number: signal.signal(number, _terminate) for number in numbers}
+    # An ignored signal stays ignored (``nohup``, ``trap '' TERM``), as Python leaves an ignored SIGINT.
+    return {number: signal.signal(number, _terminate) for number in numbers
+            if signal.getsignal(number) is not signal.SIG_IGN}
 
 
 def main(argv=None):
@@ -211,25 +213,60 @@ def _run_evaluation(logits, targets, args, progress, verify=None):
 _OUTPUT_OPTIONS = ("per_token", "per_sequence")
 
 
+def _shown(path):
+    """A path for a one-line message: as it is, or quoted when it holds a control character."""
+    return repr(path) if any(ord(c) < 32 for c in path) else path
+
+
+def _output_file(option, path):
+    """The file output ``path`` is to become, its symbolic links followed; a
+    ``_Fail`` unless ``path`` names a file in an existing folder, resolved as
+    the system resolves it (``L.npy/.`` or ``missing/../x`` are not), that
+    is not an existing directory, device, FIFO or socket."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        raise _Fail(f"{option} {path!r}: not a file name; name a file")
+    if not os.path.isdir(folder or "."):
+        raise _Fail(f"{option} {_shown(path)}: no folder {_shown(folder)!s} to write it in")
+    try:
+        os.stat(path)
+    except FileNotFoundError:  # a new file, or a link to one
+        pass
+    except OSError as error:
+        raise _Fail(f"{option} {_shown(path)}: cannot write ({error.strerror or error})") from None
+    else:
+        if os.path.isdir(path):
+            raise _Fail(f"{option} {path!r}: not a file name; name a file")
+        if not os.path.isfile(path):
+            raise _Fail(f"{option} {_shown(path)}: not a regular file (a device, FIFO or socket?); name a file")
+    return os.path.realpath(path)
+
+
 def _check_outputs(args):
-    """The output files (``--per-token``, ``--per-sequence``): a file name each, two
-    different files, neither an input file nor an existing directory, device,
-    FIFO or other file that is not a regular one (symbolic links are followed)."""
+    """The files the outputs (``--per-token``, ``--per-sequence``) are to become
+    (``_output_file``): two different files, neither an input file.  Returns
+    {option: file} for the outputs asked for."""
     from ._files import _split_spec
 
     specs = (getattr(args, "logits", None), getattr(args, "targets", None))
     inputs = [path for path in (_split_spec(spec)[0] for spec in specs if spec is not None) if os.path.exists(path)]
-    outputs = [(f"--{option.replace('_', '-')}", getattr(args, option, None)) for option in _OUTPUT_OPTIONS]
-    outputs = [(option, path) for option, path in outputs if path is not None]
-    for option, output in outputs:
-        if not os.path.basename(output) or os.path.isdir(output):
-            raise _Fail(f"{option} {output!r}: not a file name; name a file")
-        if os.path.exists(output) and not os.path.isfile(output):
-            raise _Fail(f"{option} {output}: not a regular file (a device, FIFO or socket?); name a file")
-        if os.path.exists(output) and any(os.path.samefile(output, path) for path in inputs):
-            raise _Fail(f"{option} {output}: that is an input file; write the output elsewhere")
-    if len(outputs) == 2 and os.path.realpath(outputs[0][1]) == os.path.realpath(outputs[1][1]):
-        raise _Fail(f"--per-token and --per-sequence both name {outputs[0][1]}; give each its own file")
+    files = {}
+    for option in _OUTPUT_OPTIONS:
+        path = getattr(args, option, None)
+        if path is None:
+            continue
+        label = f"--{option.replace('_', '-')}"
+        file = _output_file(label, path)
+        if os.path.exists(file) and any(os.path.samefile(file, source) for source in inputs):
+            raise _Fail(f"{label} {_shown(path)}: that is an input file; write the output elsewhere")
+        files[option] = file
+    if len(files) == 2:
+        token, sequence = files["per_token"], files["per_sequence"]
+        if token == sequence or (os.path.exists(token) and os.path.exists(sequence)
+                                 and os.path.samefile(token, sequence)):
+            raise _Fail(f"--per-token and --per-sequence both name {_shown(args.per_token)}; "
+                        "give each its own file")
+    return files
 
 
 class _Outputs:
@@ -237,19 +274,22 @@ class _Outputs:
     the file it is to become (a symbolic link's target: the link stays) and
     renamed to it by ``commit`` once the run has succeeded.  A run refused,
     failing or interrupted midway removes its temporary files and leaves no
-    output behind, and an existing one as it was.  The names are used as
-    given (``np.save`` would add ``.npy`` to a bare name)."""
+    output behind, and an existing one as it was; signals wait while the
+    temporary files are made and while they are renamed, so that none is
+    lost and a run stopped then has put both outputs in place or neither.
+    The names are used as given (``np.save`` would add ``.npy`` to a bare
+    name)."""
 
     def __init__(self, args):
-        _check_outputs(args)
-        self._paths = {option: getattr(args, option, None) for option in _OUTPUT_OPTIONS}
+        self._files = _check_outputs(args)
+        self._names = {option: getattr(args, option) for option in self._files}
         self._temporary = {}
 
     def __enter__(self):
         try:
-            for option, path in self._paths.items():
-                if path is not None:
-                    self._temporary[option] = _temporary_beside(os.path.realpath(path), path)
+            with _signals_held():
+                for option, file in self._files.items():
+                    self._temporary[option] = _temporary_beside(file, self._names[option])
         except BaseException:
             self._remove()
             raise
@@ -261,16 +301,17 @@ class _Outputs:
 
     def commit(self):
         """Rename each temporary file to its output."""
-        for option, temporary in list(self._temporary.items()):
-            path = self._paths[option]
-            try:
-                os.replace(temporary, os.path.realpath(path))
-            except OSError as error:
-                raise _Fail(f"{path}: cannot write ({error.strerror or error})") from None
-            del self._temporary[option]
+        with _signals_held():
+            for option, temporary in list(self._temporary.items()):
+                try:
+                    os.replace(temporary, self._files[option])
+                except OSError as error:
+                    raise _Fail(f"{_shown(self._names[option])}: cannot write ({error.strerror or error})") from None
+                del self._temporary[option]
 
     def __exit__(self, kind, error, trace):
-        self._remove()
+        with _signals_held():
+            self._remove()
         return False
 
     def _remove(self):
@@ -282,13 +323,32 @@ class _Outputs:
         self._temporary.clear()
 
 
+class _signals_held:
+    """Hold back SIGINT, SIGTERM and SIGHUP for a few steps that must not be cut
+    in two (where the system can: Unix, the main thread); they are delivered
+    when the block ends."""
+
+    _HELD = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+
+    def __enter__(self):
+        self._previous = None
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+            self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, self._HELD)
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if self._previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._previous)
+        return False
+
+
 def _temporary_beside(target, name):
     """A new empty file in ``target``'s folder, with the mode a new file there would
     get (mkstemp's are private); ``name`` (the output as given) names it in errors."""
     try:
         descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".nbce-", suffix=".partial")
     except OSError as error:
-        raise _Fail(f"{name}: cannot write ({error.strerror or error})") from None
+        raise _Fail(f"{_shown(name)}: cannot write ({error.strerror or error})") from None
     os.close(descriptor)
     mask = os.umask(0)
     os.umask(mask)

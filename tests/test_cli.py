@@ -106,8 +106,14 @@ def test_an_output_that_cannot_be_written_is_refused_before_scoring(files, tmp_p
     scored = []
     monkeypatch.setattr(nbce, "evaluate", lambda *args, **kwargs: scored.append(args))
     os.mkfifo(tmp_path / "fifo")
-    for output, words in [(tmp_path / "missing" / "out.npy", "cannot write (No such file or directory)"),
-                          (tmp_path, "not a file name"), ("", "not a file name"), (f"{tmp_path}/new/", "not a file name"),
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    logits = str(folder / "logits.npy")
+    for output, words in [(tmp_path / "missing" / "out.npy", "no folder"), (tmp_path, "not a file name"),
+                          ("", "not a file name"), (f"{tmp_path}/new/", "not a file name"),
+                          (f"{tmp_path}/missing/..", "not a file name"), (f"{tmp_path}/missing/../out.npy", "no folder"),
+                          (f"{logits}/.", "not a file name"), (f"{logits}/../logits.npy", "no folder"),
+                          (tmp_path / "loop_a", "Too many levels of symbolic links"),
                           ("/dev/null", "not a regular file"), (tmp_path / "fifo", "not a regular file")]:
         code, out, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy", option, output)
         assert code == 2 and out == "" and words in err and err.count("\n") == 1, (output, err)
@@ -234,6 +240,26 @@ def test_a_signal_while_scoring_is_one_line_and_leaves_the_outputs_as_they_were(
     assert err == f"nbce score: {words}\n" and out == ""
     assert [p.name for p in outputs.iterdir()] == ["old.npy"]  # no temporary file left
     assert (outputs / "old.npy").read_bytes() == b"earlier results"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
+def test_an_ignored_hangup_stays_ignored_and_handlers_are_put_back(files, capsys, monkeypatch):
+    folder = files[0]
+    real, seen = nbce.evaluate, []
+
+    def watched(*args, **kwargs):
+        seen.append((signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nbce, "evaluate", watched)
+    hangup, terminate = signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        code, _, err = run(capsys, "score", folder / "logits.npy", folder / "targets.npy")
+        assert code == 0, err
+        assert seen and all(h is signal.SIG_IGN and t is cli._terminate for h, t in seen)  # nohup keeps working
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is terminate
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
 
 
 def test_python_dash_m_in_a_fresh_process(files):
