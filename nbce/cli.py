@@ -177,186 +177,59 @@ def main(argv=None):
 def _run_evaluation(logits, targets, args, progress, verify=None):
     """(result, seconds); the kernels are compiled (or loaded from Numba's cache) first, untimed.
     ``verify()``, when given, runs after the scoring and before the output files
-    are put in place, so that its refusal leaves them as they were."""
+    are put in place (``_outputs``), so that its refusal leaves them as they were."""
     import nbce
+
+    from ._outputs import OutputError, Outputs
 
     shift = getattr(args, "shift", False)
     options = dict(axis=args.axis, ignore_index=args.ignore_index, top_k=args.top_k,
                    calibration_bins=args.calibration_bins, device=args.device, shift=shift)
-    with _Outputs(args) as outputs:
-        per_token = None
-        try:
-            if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
-                nbce.evaluate(logits[:1], targets[:1], **options)
-            if outputs.temporary("per_token") is not None:
-                per_token = _open_output(outputs.temporary("per_token"), args.per_token, logits, targets, shift)
-            start = time.perf_counter()
-            result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress,
-                                   per_sequence=outputs.temporary("per_sequence") is not None, per_token=per_token,
-                                   **options)
-            seconds = time.perf_counter() - start
-        except (ValueError, TypeError, RuntimeError) as error:
-            raise _Fail(str(error)) from None
-        except OSError as error:  # an input file that went away or failed while being read
-            raise _Fail(f"{error.filename or 'input'}: cannot read ({error.strerror or error})") from None
-        if per_token is not None:
-            per_token.flush()
-            del per_token
-        if outputs.temporary("per_sequence") is not None:
-            _save(outputs.temporary("per_sequence"), args.per_sequence, result.per_sequence)
-        if verify is not None:
-            verify()
-        outputs.commit()
+    try:
+        with Outputs(_output_paths(args), _input_paths(args)) as outputs:
+            per_token = None
+            try:
+                if getattr(logits, "ndim", 0) >= 2 and args.axis % logits.ndim != 0 and len(targets):
+                    nbce.evaluate(logits[:1], targets[:1], **options)
+                if outputs.temporary(_PER_TOKEN) is not None:
+                    per_token = _open_output(outputs.temporary(_PER_TOKEN), args.per_token, logits, targets, shift)
+                start = time.perf_counter()
+                result = nbce.evaluate(logits, targets, chunk_rows=args.chunk_rows, progress=progress,
+                                       per_sequence=outputs.temporary(_PER_SEQUENCE) is not None,
+                                       per_token=per_token, **options)
+                seconds = time.perf_counter() - start
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise _Fail(str(error)) from None
+            except OSError as error:  # an input file that went away or failed while being read
+                raise _Fail(f"{error.filename or 'input'}: cannot read ({error.strerror or error})") from None
+            if per_token is not None:
+                per_token.flush()
+                del per_token
+            if outputs.temporary(_PER_SEQUENCE) is not None:
+                _save(outputs.temporary(_PER_SEQUENCE), args.per_sequence, result.per_sequence)
+            if verify is not None:
+                verify()
+            outputs.commit()
+    except OutputError as error:
+        raise _Fail(str(error)) from None
     return result, seconds
 
 
-_OUTPUT_OPTIONS = ("per_token", "per_sequence")
+_PER_TOKEN, _PER_SEQUENCE = "--per-token", "--per-sequence"
 
 
-def _shown(path):
-    """A path for a one-line message: as it is, or quoted when it holds a control character."""
-    return repr(path) if any(ord(c) < 32 for c in path) else path
+def _output_paths(args):
+    """{option: path} of the output files asked for."""
+    paths = {_PER_TOKEN: getattr(args, "per_token", None), _PER_SEQUENCE: getattr(args, "per_sequence", None)}
+    return {option: path for option, path in paths.items() if path is not None}
 
 
-def _output_file(option, path):
-    """The file output ``path`` is to become, its symbolic links followed; a
-    ``_Fail`` unless ``path`` names a file in an existing folder, resolved as
-    the system resolves it (``L.npy/.`` or ``missing/../x`` are not), that
-    is not an existing directory, device, FIFO or socket."""
-    folder, name = os.path.split(path)
-    if name in ("", ".", ".."):
-        raise _Fail(f"{option} {path!r}: not a file name; name a file")
-    if not os.path.isdir(folder or "."):
-        raise _Fail(f"{option} {_shown(path)}: no folder {_shown(folder)!s} to write it in")
-    try:
-        os.stat(path)
-    except FileNotFoundError:  # a new file, or a link to one
-        pass
-    except OSError as error:
-        raise _Fail(f"{option} {_shown(path)}: cannot write ({error.strerror or error})") from None
-    else:
-        if os.path.isdir(path):
-            raise _Fail(f"{option} {path!r}: not a file name; name a file")
-        if not os.path.isfile(path):
-            raise _Fail(f"{option} {_shown(path)}: not a regular file (a device, FIFO or socket?); name a file")
-    return os.path.realpath(path)
-
-
-def _check_outputs(args):
-    """The files the outputs (``--per-token``, ``--per-sequence``) are to become
-    (``_output_file``): two different files, neither an input file.  Returns
-    {option: file} for the outputs asked for."""
+def _input_paths(args):
+    """The input files that exist (outputs must not be one of them)."""
     from ._files import _split_spec
 
     specs = (getattr(args, "logits", None), getattr(args, "targets", None))
-    inputs = [path for path in (_split_spec(spec)[0] for spec in specs if spec is not None) if os.path.exists(path)]
-    files = {}
-    for option in _OUTPUT_OPTIONS:
-        path = getattr(args, option, None)
-        if path is None:
-            continue
-        label = f"--{option.replace('_', '-')}"
-        file = _output_file(label, path)
-        if os.path.exists(file) and any(os.path.samefile(file, source) for source in inputs):
-            raise _Fail(f"{label} {_shown(path)}: that is an input file; write the output elsewhere")
-        files[option] = file
-    if len(files) == 2:
-        token, sequence = files["per_token"], files["per_sequence"]
-        if token == sequence or (os.path.exists(token) and os.path.exists(sequence)
-                                 and os.path.samefile(token, sequence)):
-            raise _Fail(f"--per-token and --per-sequence both name {_shown(args.per_token)}; "
-                        "give each its own file")
-    return files
-
-
-class _Outputs:
-    """The run's output files, each written under a temporary name in the folder of
-    the file it is to become (a symbolic link's target: the link stays) and
-    renamed to it by ``commit`` once the run has succeeded.  A run refused,
-    failing or interrupted midway removes its temporary files and leaves no
-    output behind, and an existing one as it was; signals wait while the
-    temporary files are made and while they are renamed, so that none is
-    lost and a run stopped then has put both outputs in place or neither.
-    The names are used as given (``np.save`` would add ``.npy`` to a bare
-    name)."""
-
-    def __init__(self, args):
-        self._files = _check_outputs(args)
-        self._names = {option: getattr(args, option) for option in self._files}
-        self._temporary = {}
-
-    def __enter__(self):
-        try:
-            with _signals_held():
-                for option, file in self._files.items():
-                    self._temporary[option] = _temporary_beside(file, self._names[option])
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def temporary(self, option):
-        """The temporary file of output ``option``, or None when it was not asked for."""
-        return self._temporary.get(option)
-
-    def commit(self):
-        """Rename each temporary file to its output."""
-        with _signals_held():
-            for option, temporary in list(self._temporary.items()):
-                try:
-                    os.replace(temporary, self._files[option])
-                except OSError as error:
-                    raise _Fail(f"{_shown(self._names[option])}: cannot write ({error.strerror or error})") from None
-                del self._temporary[option]
-
-    def __exit__(self, kind, error, trace):
-        with _signals_held():
-            self._remove()
-        return False
-
-    def _remove(self):
-        for temporary in self._temporary.values():
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-        self._temporary.clear()
-
-
-class _signals_held:
-    """Hold back SIGINT, SIGTERM and SIGHUP for a few steps that must not be cut
-    in two (where the system can: Unix, the main thread); they are delivered
-    when the block ends."""
-
-    _HELD = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
-
-    def __enter__(self):
-        self._previous = None
-        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
-            self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, self._HELD)
-        return self
-
-    def __exit__(self, kind, error, trace):
-        if self._previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._previous)
-        return False
-
-
-def _temporary_beside(target, name):
-    """A new empty file in ``target``'s folder, with the mode a new file there would
-    get (mkstemp's are private); ``name`` (the output as given) names it in errors."""
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".nbce-", suffix=".partial")
-    except OSError as error:
-        raise _Fail(f"{_shown(name)}: cannot write ({error.strerror or error})") from None
-    os.close(descriptor)
-    mask = os.umask(0)
-    os.umask(mask)
-    try:
-        os.chmod(temporary, 0o666 & ~mask)
-    except OSError:  # a file system without modes: keep the one it gave
-        pass
-    return temporary
+    return [path for path in (_split_spec(spec)[0] for spec in specs if spec is not None) if os.path.exists(path)]
 
 
 def _open_output(path, name, logits, targets, shift):
@@ -365,6 +238,7 @@ def _open_output(path, name, logits, targets, shift):
     import numpy as np
 
     from ._arrays import result_dtype
+    from ._outputs import shown
 
     shape = tuple(targets.shape)
     if shift and len(shape) == 2:
@@ -372,17 +246,19 @@ def _open_output(path, name, logits, targets, shift):
     try:
         return np.lib.format.open_memmap(path, mode="w+", dtype=result_dtype(logits.dtype), shape=shape)
     except OSError as error:
-        raise _Fail(f"{name}: cannot write ({error.strerror or error})") from None
+        raise _Fail(f"{shown(name)}: cannot write ({error.strerror or error})") from None
 
 
 def _save(path, name, array):
     import numpy as np
 
+    from ._outputs import shown
+
     try:
         with open(path, "wb") as file:  # a file object: np.save adds no suffix
             np.save(file, array)
     except OSError as error:
-        raise _Fail(f"{name}: cannot write ({error.strerror or error})") from None
+        raise _Fail(f"{shown(name)}: cannot write ({error.strerror or error})") from None
 
 
 def _score(args):
