@@ -151,5 +151,22 @@ def read_bandwidth_gbs(array, repeat=7):
     return array.nbytes / median_seconds(lambda: _read_all(words), repeat) / 1e9
 
 
+def torch_beside_numba():
+    """torch with numba's thread count, or None when it is not installed; prints
+    the line naming the machine and versions that heads a table."""
+    import platform
+
+    import numba
+
+    try:
+        torch = optional("torch")
+        torch.set_num_threads(numba.get_num_threads())
+    except NotImplementedError:
+        torch = None
+    print(f"CPU: {platform.processor() or platform.machine()}, threads: {numba.get_num_threads()}, "
+          f"numpy {np.__version__}, numba {numba.__version__}, torch {torch.__version__ if torch else '–'}")
+    return torch
+
+
 def median_seconds(fn, repeat=7):
     return _bench.median_seconds(fn, repeat)

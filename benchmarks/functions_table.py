@@ -8,14 +8,12 @@ warm-up.  ``entropy`` has no single torch call; torch's row is
 -(softmax * log_softmax).sum(1).  Without torch the torch columns are blank.
 """
 
-import platform
 
-import numba
 import numpy as np
 
 import nbce
 
-from ._cases import make_inputs, median_seconds, optional
+from ._cases import make_inputs, median_seconds, torch_beside_numba
 
 
 def _binary_inputs(shape):
@@ -64,13 +62,7 @@ def cases(scale=1):
 
 
 def main():
-    try:
-        torch = optional("torch")
-        torch.set_num_threads(numba.get_num_threads())
-    except NotImplementedError:
-        torch = None
-    print(f"CPU: {platform.processor() or platform.machine()}, threads: {numba.get_num_threads()}, "
-          f"numpy {np.__version__}, numba {numba.__version__}, torch {torch.__version__ if torch else '–'}")
+    torch = torch_beside_numba()
     print("| call (float32) | nbce ms | torch ms | nbce vs torch |")
     print("|---|---|---|---|")
     for label, ours, theirs in cases():

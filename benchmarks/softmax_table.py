@@ -8,15 +8,13 @@ a warm-up, all in one process, the same thread count for both (set
 read and the result written once, for ``out=``.
 """
 
-import platform
 import time
 
-import numba
 import numpy as np
 
 import nbce
 
-from ._cases import make_inputs, median_seconds, optional
+from ._cases import make_inputs, median_seconds, torch_beside_numba
 
 CASES = [((1024, 32000), "float32"), ((1024, 32000), "bfloat16")]
 
@@ -61,13 +59,7 @@ def _ms(seconds):
 
 
 def main():
-    try:
-        torch = optional("torch")
-        torch.set_num_threads(numba.get_num_threads())
-    except NotImplementedError:
-        torch = None
-    print(f"CPU: {platform.processor() or platform.machine()}, threads: {numba.get_num_threads()}, "
-          f"numpy {np.__version__}, numba {numba.__version__}, torch {torch.__version__ if torch else '–'}")
+    torch = torch_beside_numba()
     print("| function | shape | dtype | nbce ms | nbce out= ms | nbce in place ms | GB/s (out=) | torch ms | ×torch "
           "| ×torch (out=) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
