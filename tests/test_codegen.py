@@ -137,9 +137,23 @@ def test_logarithms_of_a_group_of_rows_are_vectorized():
     assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 20
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_short_rows_are_summed_across_rows_in_vectors(dtype):
-    columns = np.zeros((100, 64), dtype)
-    asm = _asm(_rows._column_sums_split, columns, 64, np.zeros(64, dtype), True, options=JIT_OPTIONS)
-    assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 6
-    assert PACKED_INT_MAX.search(_asm(_rows._column_extrema, columns, 64, options=JIT_OPTIONS))
+@njit(**{**JIT_OPTIONS, "cache": False})
+def _four_rows_with_every_sum(base, offsets, pivots):
+    # constant flags, as the kernels call it (``kernels._one_block_rows``)
+    return _rows.short_rows_sums(base, offsets, 100, True, True, pivots)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_four_short_rows_are_summed_in_vectors(dtype):
+    """Rows of one block are read four at a time at offsets of one array: the
+    offsets are unsigned, so the loads take no negative-index wraparound and
+    both passes (integer-key extrema, the split sum of exponentials) are
+    vector code, four rows in each loop."""
+    base = np.zeros(4 * 100, dtype=np.float32).astype(dtype)
+    if dtype == "float16":
+        base = base.view(np.int16)
+    offsets = tuple(np.uint64(k * 100) for k in range(4))
+    pivot = np.float64(0.0) if dtype == "float64" else np.float32(0.0)
+    asm = _asm(_four_rows_with_every_sum, base, offsets, (pivot,) * 4, options=JIT_OPTIONS)
+    assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 24, "the four rows' exponentials did not vectorize"
+    assert PACKED_INT_MAX.search(asm), "the four rows' integer-key extrema did not vectorize"

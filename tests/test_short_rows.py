@@ -1,7 +1,7 @@
 """Short rows: the row kernels take rows in groups, and rows of at most
-``kernels.SHORT_ROW`` entries as the columns of one array per group.
+``BLOCK`` entries four at a time.
 
-Every row length around the switch, batches that end in a partial group,
+Row lengths from 1 to either side of ``BLOCK``, batches that end in a partial group,
 and the inputs the long-row tests cover (huge magnitudes, -inf masks, NaN,
 +inf, ignore_index, weights, label smoothing, every input type and dtype,
 strided layouts), against the float64 reference.
@@ -15,10 +15,10 @@ import reference as ref
 from conftest import FLOAT_DTYPES, assert_close, np_dtype
 from nbce import _threads
 from nbce._arrays import as_rows
+from nbce._config import BLOCK
 from nbce.cpu import kernels, row_metrics
 
-SHORT = kernels.SHORT_ROW
-LENGTHS = [1, 2, 7, 100, SHORT - 1, SHORT, SHORT + 1]
+LENGTHS = [1, 2, 7, 16, 33, 100, BLOCK, BLOCK + 1]
 # The largest finite magnitude of each dtype that the tests feed in.
 HUGE = {"float64": 3e38, "float32": 3e38, "float16": 6e4, "bfloat16": 3e38}
 
@@ -26,7 +26,7 @@ HUGE = {"float64": 3e38, "float32": 3e38, "float16": 6e4, "bfloat16": 3e38}
 def n_rows_for(n_classes):
     """Two whole groups of a large batch's size and a partial one (a batch
     this small may be grouped smaller: see the grouping test below)."""
-    return 2 * int(kernels.rows_per_group(n_classes, 2**20, _threads.n_tasks())) + 3
+    return max(2 * int(kernels.rows_per_group(n_classes, 2**20, _threads.n_tasks())) + 3, 11)  # 7 edge rows and more
 
 
 def logits_with_edge_rows(rng, n_rows, n_classes, dtype):
@@ -157,26 +157,27 @@ def test_a_rows_result_does_not_depend_on_its_place_in_the_batch(n_classes, rng)
             np.testing.assert_array_equal(a[k:], b)
 
 
-@pytest.mark.parametrize("n_classes", [SHORT + 1, 100, kernels.MID_ROW])
+@pytest.mark.parametrize("n_classes", [49, 100, kernels.MID_ROW])
 def test_a_rows_result_does_not_depend_on_its_groups_size(n_classes, rng):
-    """Rows of up to MID_ROW entries come LANES to a group in a large batch and
-    fewer (at least MIN_GROUP) in a small one, so that it still makes a few
-    tasks per thread: the same row gives the same bits either way."""
+    """Rows of up to MID_ROW entries come GROUP_ROWS (or more, for rows of
+    fewer than GROUP_ELEMENTS / GROUP_ROWS entries) to a group in a large
+    batch and fewer (at least MIN_GROUP) in a small one, so that it still
+    makes a few tasks per thread: the same row gives the same bits either way."""
     tasks = _threads.n_tasks()
-    n = kernels.LANES * tasks + 5
-    assert kernels.rows_per_group(n_classes, n, tasks) == kernels.LANES
+    n = kernels.GROUP_ROWS * tasks + 5
+    assert kernels.rows_per_group(n_classes, n, tasks) == kernels.GROUP_ROWS
     x = logits_with_edge_rows(rng, n, n_classes, "float32")
     t = rng.integers(0, n_classes, n)
     whole = [nbce.logsumexp(x), nbce.cross_entropy(x, t, reduction="none"), *row_metrics(as_rows(x, -1), t, -100)]
     for start, stop in ((0, 300), (100, 100 + 60 * tasks + 1), (7, 30)):  # the last: 16 and 7 rows (one thread below SERIAL_WORK)
-        assert kernels.MIN_GROUP <= kernels.rows_per_group(n_classes, stop - start, tasks) < kernels.LANES
+        assert kernels.MIN_GROUP <= kernels.rows_per_group(n_classes, stop - start, tasks) < kernels.GROUP_ROWS
         part = [nbce.logsumexp(x[start:stop]), nbce.cross_entropy(x[start:stop], t[start:stop], reduction="none"),
                 *row_metrics(as_rows(x[start:stop], -1), t[start:stop], -100)]
         for a, b in zip(whole, part):
             np.testing.assert_array_equal(a[start:stop], b)
 
 
-@pytest.mark.parametrize("n_classes", [1, 7, SHORT, SHORT + 1, 3000])
+@pytest.mark.parametrize("n_classes", [1, 7, 48, 49, 3000])
 def test_results_do_not_depend_on_the_thread_count_or_the_run(n_classes, rng):
     import numba
 
@@ -203,7 +204,7 @@ def test_results_do_not_depend_on_the_thread_count_or_the_run(n_classes, rng):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("n_classes", [SHORT + 1, 100, 257, kernels.MID_ROW])
+@pytest.mark.parametrize("n_classes", [1, 5, 49, 100, 257, kernels.MID_ROW])
 def test_a_rows_result_does_not_depend_on_the_rows_read_beside_it(n_classes, rng):
     """Rows of one block are summed ``ROWS_AT_ONCE`` at a time, the rows read
     taken in order (ignored rows are not read): ignoring other rows, or

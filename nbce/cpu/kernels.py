@@ -1,7 +1,7 @@
 """The CPU kernels: ``prange`` over fixed groups of consecutive rows (see
-``rows_per_group``), one serial streaming pass per long row, short rows read
-as the columns of one array per group (the element-wise binary losses: over
-fixed chunks of elements, see ``_binary``).
+``rows_per_group``), one serial streaming pass per long row, rows of one
+block four at a time (the element-wise binary losses: over fixed chunks of
+elements, see ``_binary``).
 
 Every strided operand arrives as ``(base, geom)``: ``base`` is a 1-D,
 contiguous view spanning the operand's memory and ``geom`` an int64 array
@@ -17,7 +17,7 @@ from numba import njit, prange
 from .._config import BLOCK, ELEMENTWISE_JIT_OPTIONS, ELEMENTWISE_PARALLEL_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._binary import BLOCK as BINARY_BLOCK, CHUNK as BINARY_CHUNK, block_loss, fill
-from ._bits import cast_like, empty_of, prefetch, widen
+from ._bits import prefetch, widen
 from ._normalize import write_normalized
 from ._rows import (
     ABOVE,
@@ -33,7 +33,6 @@ from ._rows import (
     REST,
     SHIFT,
     TOP,
-    column_sums,
     log_prob,
     log_softmax_entry,
     log_stats_table,
@@ -47,7 +46,7 @@ from ._rows import (
 )
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def row_offset(geom, r):
     r = np.int64(r)  # prange indices may be unsigned; keep the arithmetic signed
     ndim = geom[1]
@@ -76,33 +75,25 @@ def load_row_at(base, start, step, n):
 
 # A task of the row kernels is a group of consecutive rows, so that short rows
 # share the per-task costs and the logarithms of their statistics run as one
-# vector loop (``_rows.log_stats_table``).  Rows of at most SHORT_ROW entries
-# are read as the columns of one array per group (``gather_columns``,
-# ``_rows.column_sums``): groups of a multiple of LANES rows (whole vectors of
-# rows), about GROUP_ELEMENTS entries when the rows are very short.  Longer
-# rows are read four at a time up to a block (``_rows.short_rows_sums``),
-# one by one beyond (``_rows.row_sums``).  Up to MID_ROW entries groups
-# take up to LANES rows, fewer (at least MIN_GROUP) only to make ``n_tasks``
-# tasks of a small batch (the caller's number, ``nbce._threads.n_tasks``: a
-# few per thread).  A group's own costs, its scratch arrays and tables, are
-# a few hundred nanoseconds: groups of 2 rows made a 512x100 cross_entropy
-# take 71 us, groups of 16 take 44, and 128 tasks for 4096 rows of 100
-# classes on two threads cost 15 % more than 32.  Their tables are as wide
-# as their rows rounded up to ``_rows.TABLE_STEP`` (tables LANES wide made
-# groups of 32 rows of 100 entries pay the logarithms of 128 columns); beyond
-# MID_ROW a group is one row (a table of one column).  SHORT_ROW is where the
-# two layouts cost the same (README, "Performance").  A row's arithmetic
-# does not depend on its group's size (2 or more) or its place in it
-# (``lanes``), and the split between one-row groups and the others depends on
-# the row length only, so results are reproducible.
+# vector loop (``_rows.log_stats_table``).  Rows of at most ``BLOCK`` entries
+# are read four at a time (``_rows.short_rows_sums``), longer ones one by one
+# (``_rows.row_sums``).  Up to MID_ROW entries a group takes about
+# GROUP_ELEMENTS entries, at least GROUP_ROWS rows (MAX_GROUP_ROWS at most),
+# fewer (at least MIN_GROUP) only to make ``n_tasks`` tasks of a small batch
+# (the caller's number, ``nbce._threads.n_tasks``: a few per thread).  A
+# group's own costs, its scratch arrays and tables, are a few hundred
+# nanoseconds: groups of 2 rows made a 512x100 cross_entropy take 71 us,
+# groups of 16 take 44, and 128 tasks for 4096 rows of 100 classes on two
+# threads cost 15 % more than 32.  Its tables are as wide as its rows rounded
+# up to ``_rows.TABLE_STEP``; beyond MID_ROW a group is one row (a table of
+# one column).  A row's arithmetic does not depend on its group's size or
+# its place in it, and the split between one-row groups and the others
+# depends on the row length only, so results are reproducible.
 GROUP_ELEMENTS = 4096
-SHORT_ROW = 48
+GROUP_ROWS = 128
+MAX_GROUP_ROWS = 2048
 MID_ROW = 2048
 MIN_GROUP = 16
-# Columns of the per-group arrays: a multiple of every vector loop's step
-# (vector width times interleave: 64 float32 values for AVX-512, with room
-# for a larger interleave); see ``lanes``.
-LANES = 128
 # Rows of one block are read PREFETCH_AHEAD rows after a prefetch of their
 # cache lines: four short rows in flight are not a stream the hardware
 # prefetcher runs far enough ahead of (65536×100 float32 logsumexp, one
@@ -112,11 +103,10 @@ PREFETCH_AHEAD = 8
 
 @njit(**JIT_OPTIONS)
 def rows_per_group(n_classes, n_rows, n_tasks):
-    if n_classes <= SHORT_ROW:
-        return max(LANES, GROUP_ELEMENTS // n_classes // LANES * LANES)
-    if n_classes <= MID_ROW:
-        return max(MIN_GROUP, min(LANES, (n_rows + n_tasks - 1) // n_tasks))
-    return 1
+    if n_classes > MID_ROW:
+        return 1
+    wanted = min(MAX_GROUP_ROWS, max(GROUP_ROWS, GROUP_ELEMENTS // max(n_classes, 1)))
+    return max(MIN_GROUP, min(wanted, (n_rows + n_tasks - 1) // n_tasks))
 
 
 @njit(**JIT_OPTIONS)
@@ -127,66 +117,14 @@ def n_groups(n_rows, size):
 @njit(**JIT_OPTIONS)
 def group_scratch(g, size, n_rows, n_classes):
     """(first row, picks, starts, sums, logs) of group ``g``; see ``group_stats``.
-    The tables are ``lanes(count)`` columns wide for rows read as columns,
-    ``count`` rounded up to a multiple of ``TABLE_STEP`` for rows read four
-    at a time (their table is the only loop across rows), one for groups of
-    one row (long rows: every row is then in the same place)."""
+    The tables are ``count`` columns wide rounded up to a multiple of
+    ``TABLE_STEP`` (their table is the only loop across rows), one for groups
+    of one row (long rows: every row is then in the same place)."""
     first = np.int64(g) * size
     count = min(size, n_rows - first)
     index = np.empty((2, count), np.int64)
-    if size == 1:
-        width = count
-    elif n_classes <= SHORT_ROW:
-        width = lanes(count)
-    else:
-        width = (count + TABLE_STEP - 1) // TABLE_STEP * TABLE_STEP
+    width = count if size == 1 else (count + TABLE_STEP - 1) // TABLE_STEP * TABLE_STEP
     return first, index[0], index[1], np.empty((N_SUMS, width), np.float64), np.empty((N_LOGS, width), np.float64)
-
-
-@njit(**JIT_OPTIONS)
-def lanes(count):
-    """``count`` rounded up to a multiple of LANES.
-
-    The loops across the rows of a group run over this many columns, the
-    columns past the group's rows holding neutral values: LLVM's vector loop
-    then takes every row and leaves no scalar remainder, whose instructions
-    (fused or not, masked or not) could round differently.  A row's result
-    must not depend on its place in the group, or splitting a batch into
-    chunks would change it.
-    """
-    return (count + LANES - 1) // LANES * LANES
-
-
-@njit(**JIT_OPTIONS)
-def gather_columns(base, starts, step, n_classes, picks):
-    """(columns, pivots): the rows at ``starts`` as the columns of an
-    (n_classes, lanes(rows)) array of the compute type, columns[j, i] =
-    entry j of row i, and pivots[i] = entry picks[i] of row i.  Rows with
-    picks[i] < 0 are not read, and they and the columns past the rows hold
-    zeros."""
-    count = picks.size
-    width = lanes(count)
-    zero = cast_like(0.0, widen(base[0]))
-    columns = empty_of((n_classes, width), zero)
-    flat = columns.reshape(-1)
-    # Row by row: a loop across rows would read with vector gathers, slower
-    # than these strided stores.
-    for i in range(width):
-        start = starts[i] if i < count else 0
-        if i >= count or picks[i] < 0:
-            for j in range(n_classes):
-                flat[j * width + i] = zero
-        elif step == 1:
-            row = base[start:start + n_classes]
-            for j in range(n_classes):
-                flat[j * width + i] = widen(row[j])
-        else:
-            for j in range(n_classes):
-                flat[j * width + i] = widen(base[start + j * step])
-    pivots = empty_of(width, zero)
-    for i in range(width):
-        pivots[i] = columns[picks[i], i] if i < count and picks[i] >= 0 else zero
-    return columns, pivots
 
 
 @njit(**JIT_OPTIONS)
@@ -196,9 +134,8 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     and their offsets into ``starts``.  Row i is read when picks[i] >= 0, and ``above``
     then counts its entries greater than entry picks[i] (``count_above``);
     a row not read, and the columns past the rows, get c = log s = 0.  Rows
-    of at most ``SHORT_ROW`` entries are read as columns of one array
-    (``_rows.column_sums``), longer ones four at a time up to ``BLOCK`` entries
-    (``_rows.short_rows_sums``), one at a time beyond (``_rows.row_sums``).
+    of at most ``BLOCK`` entries are read four at a time
+    (``_rows.short_rows_sums``), longer ones one at a time (``_rows.row_sums``).
     """
     step = geom[0]
     count = picks.size
@@ -207,17 +144,13 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     for i in range(count):
         starts[i] = row_offset(geom, first + i)
         read += 1 if picks[i] >= 0 else 0
-    short = n_classes <= SHORT_ROW
-    one_block = not short and n_classes <= BLOCK
-    if short and read > 0:
-        columns, pivots = gather_columns(base, starts, step, n_classes, picks)
-        column_sums(columns, width, pivots, with_entropy, count_above, sums)
+    one_block = n_classes <= BLOCK
     if one_block and read > 0:
         _one_block_rows(base, starts, step, n_classes, picks, read, with_entropy, count_above, sums)
     for i in range(width):
         if i >= count or picks[i] < 0:
             shift, ones, rest, moment, top, above = 0.0, 1.0, 0.0, 0.0, 0.0, 0
-        elif short or one_block:
+        elif one_block:
             continue
         else:
             row = load_row_at(base, starts[i], step, n_classes)
@@ -260,16 +193,23 @@ def _one_block_rows_of(base, starts, step, n_classes, picks, read, with_entropy,
     if step == 1:
         _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count_above, sums)
         return
+    # Rows of a non-unit class stride: each quad copied into one buffer of four rows.
+    quad = np.empty(ROWS_AT_ONCE * n_classes, base.dtype)
+    n = np.uint64(n_classes)
+    offsets = (np.uint64(0), n, np.uint64(2) * n, np.uint64(3) * n)
     for q in range(0, read, ROWS_AT_ONCE):
-        i0, i1, i2, i3 = _quad(order, q)
-        a, b = load_row_at(base, starts[i0], step, n_classes), load_row_at(base, starts[i1], step, n_classes)
-        c, d = load_row_at(base, starts[i2], step, n_classes), load_row_at(base, starts[i3], step, n_classes)
-        _sum_quad((a, b, c, d), (i0, i1, i2, i3), picks, with_entropy, count_above, sums)
+        places = _quad(order, q)
+        for k in range(ROWS_AT_ONCE):
+            start = starts[places[k]]
+            row = quad[k * n_classes:(k + 1) * n_classes]
+            for j in range(n_classes):
+                row[j] = base[start + j * step]
+        _sum_quad(quad, offsets, n_classes, places, picks, with_entropy, count_above, sums)
 
 
 @njit(**JIT_OPTIONS)
 def _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count_above, sums):
-    """``_one_block_rows_of`` for rows of unit class stride: views of ``base``
+    """``_one_block_rows_of`` for rows of unit class stride: read in place
     (no step to test per row), the rows read next prefetched."""
     read = order.size
     line = 64 // base.itemsize
@@ -277,14 +217,13 @@ def _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count
         for p in range(q + PREFETCH_AHEAD, min(q + PREFETCH_AHEAD + ROWS_AT_ONCE, read)):
             for j in range(0, n_classes, line):
                 prefetch(base, starts[order[p]] + j)
-        i0, i1, i2, i3 = _quad(order, q)
-        s0, s1, s2, s3 = starts[i0], starts[i1], starts[i2], starts[i3]
-        rows = (base[s0:s0 + n_classes], base[s1:s1 + n_classes], base[s2:s2 + n_classes],
-                base[s3:s3 + n_classes])
-        _sum_quad(rows, (i0, i1, i2, i3), picks, with_entropy, count_above, sums)
+        places = _quad(order, q)
+        i0, i1, i2, i3 = places
+        offsets = (np.uint64(starts[i0]), np.uint64(starts[i1]), np.uint64(starts[i2]), np.uint64(starts[i3]))
+        _sum_quad(base, offsets, n_classes, places, picks, with_entropy, count_above, sums)
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _quad(order, q):
     """The rows of places q .. q + 3 of ``order``, the last one repeated past its end."""
     last = order.size - 1
@@ -292,24 +231,26 @@ def _quad(order, q):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _sum_quad(rows, places, picks, with_entropy, count_above, sums):
-    """``short_rows_sums`` of four rows into columns ``places`` of ``sums``;
-    the pivots are read only to be counted against."""
-    a, b, c, d = rows
+def _sum_quad(base, offsets, n_classes, places, picks, with_entropy, count_above, sums):
+    """``short_rows_sums`` of the four rows of ``n_classes`` entries at
+    ``offsets`` of ``base`` into columns ``places`` of ``sums``; the pivots
+    are read only to be counted against."""
     i0, i1, i2, i3 = places
+    s0, s1, s2, s3 = offsets
     if count_above:
-        pivots = widen(a[picks[i0]]), widen(b[picks[i1]]), widen(c[picks[i2]]), widen(d[picks[i3]])
+        pivots = (widen(base[s0 + np.uint64(picks[i0])]), widen(base[s1 + np.uint64(picks[i1])]),
+                  widen(base[s2 + np.uint64(picks[i2])]), widen(base[s3 + np.uint64(picks[i3])]))
     else:
-        first = widen(a[0])
+        first = widen(base[s0])
         pivots = first, first, first, first
-    results = short_rows_sums(rows, with_entropy, count_above, pivots)
+    results = short_rows_sums(base, offsets, n_classes, with_entropy, count_above, pivots)
     _store_sums(sums, i0, results[0])
     _store_sums(sums, i1, results[1])
     _store_sums(sums, i2, results[2])
     _store_sums(sums, i3, results[3])
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _store_sums(sums, i, result):
     sums[SHIFT, i], sums[ONES, i], sums[REST, i], sums[MOMENT, i], sums[TOP, i], sums[ABOVE, i] = result
 
