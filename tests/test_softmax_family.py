@@ -202,8 +202,8 @@ def test_float32_output_pass_within_its_stated_bound(dtype):
     for r in range(x.shape[0]):
         lp = np.full(x.shape[1], np.nan, np.float32)
         p = np.full(x.shape[1], np.nan, np.float32)
-        _normalize.write_normalized(words[r], c[r, 0], log_s[r, 0], False, lp)
-        _normalize.write_normalized(words[r], c[r, 0], log_s[r, 0], True, p)
+        _normalize.write_normalized(words[r], 0, x.shape[1], c[r, 0], log_s[r, 0], False, lp, 0)
+        _normalize.write_normalized(words[r], 0, x.shape[1], c[r, 0], log_s[r, 0], True, p, 0)
         finite = np.isfinite(exact_lp[r]) & (exact_lp[r] >= -np.finfo(np.float32).max)
         assert np.all(np.abs(lp[finite] - exact_lp[r][finite]) <= 2 * U32 * np.abs(exact_lp[r][finite]))
         np.testing.assert_array_equal(lp[~finite], -np.inf)
@@ -307,11 +307,13 @@ def test_out_with_any_class_axis(name, axis, rng):
 
 @pytest.mark.parametrize("name", NORMALIZERS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("view", ["contiguous", "transposed", "strided classes"])
+@pytest.mark.parametrize("view", ["contiguous", "transposed", "strided classes", "short rows", "short rows transposed"])
 def test_in_place(name, dtype, view, rng):
     ours, theirs = NORMALIZERS[name]
     whole = make_logits(rng, (6, 3000), dtype)
-    x = {"contiguous": whole, "transposed": whole.T, "strided classes": whole[:, ::3]}[view]
+    short = make_logits(rng, (300, 7), dtype)
+    x = {"contiguous": whole, "transposed": whole.T, "strided classes": whole[:, ::3], "short rows": short,
+         "short rows transposed": short.T}[view]
     expected = theirs(x)
     assert ours(x, out=x) is x
     assert_close(x, expected, dtype)

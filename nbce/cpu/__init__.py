@@ -56,17 +56,18 @@ def normalize(rows, exponentiate, dtype, stream=None, out=None):
     ``output_rows``), or into a new (n_rows, length) array of ``dtype``; returns
     the array written (None for ``out``)."""
     result = None
+    in_place = False
     if out is None:
         result = np.empty((rows.n_rows, rows.length), dtype=dtype)
         out = _arrays.output_rows(result, 1)
-    elif _same_layout(out.base, rows.base) and np.array_equal(out.geom, rows.geom):
-        # In place: read through the output's own view, so that LLVM sees one
-        # array read and written element by element and keeps the vector
-        # loop; two views of one memory fail its run-time overlap check and
-        # leave the loop scalar (softmax in place ran 6x slower).
-        rows = out
+    else:
+        # In place the kernel reads through the output's own array, so that
+        # LLVM sees one array read and written element by element and keeps
+        # the vector loop; two arrays over one memory fail its run-time
+        # overlap check and leave the loop scalar (softmax in place ran 6x slower).
+        in_place = _same_layout(out.base, rows.base) and np.array_equal(out.geom, rows.geom)
     launch(kernels.normalize_rows, _work(rows), rows.base, rows.geom, rows.length, exponentiate, out.base, out.geom,
-           n_tasks())
+           in_place, n_tasks())
     return result
 
 

@@ -32,6 +32,7 @@ every log p_j by d and scales every p_j by exp(-d).  The float64 pass has the
 same bounds with u = 2**-53.
 """
 
+import numpy as np
 from numba import njit
 
 from .._config import ELEMENTWISE_JIT_OPTIONS
@@ -39,18 +40,26 @@ from ._bits import cast_like, widen
 from ._exp import vexp
 
 
-@njit(**ELEMENTWISE_JIT_OPTIONS)
-def write_normalized(row, shift, log_total, exponentiate, dst):
-    """dst[j] = (x_j - c) - log s (log_softmax), or its exp (softmax), in the
-    row's compute type and in this order (compiled without reassociation: see
+@njit(inline="always", **ELEMENTWISE_JIT_OPTIONS)  # a call would count references to both arrays
+def write_normalized(src, src_start, n, shift, log_total, exponentiate, dst, dst_start):
+    """dst[dst_start + j] = (x_j - c) - log s (log_softmax), or its exp
+    (softmax), for the row x_j = src[src_start + j], j < n, in the row's
+    compute type and in this order (compiled without reassociation: see
     ``_rows.log_softmax_entry``).  A row of -inf only (log s = -inf) and a
-    row holding +inf (c = +inf, log s = NaN) give NaN."""
-    like = widen(row[0])
+    row holding +inf (c = +inf, log s = NaN) give NaN.
+
+    The rows are offsets into the caller's arrays, not views of them (a view
+    costs an atomic reference count up and down); the offsets are unsigned,
+    so that the loads and stores take no negative-index wraparound.
+    """
+    like = widen(src[src_start])
     c = cast_like(shift, like)
     log_s = cast_like(log_total, like)
+    a = np.uint64(src_start)
+    b = np.uint64(dst_start)
     if exponentiate:
-        for j in range(row.size):
-            dst[j] = vexp((widen(row[j]) - c) - log_s)
+        for j in range(np.uint64(n)):
+            dst[b + j] = vexp((widen(src[a + j]) - c) - log_s)
     else:
-        for j in range(row.size):
-            dst[j] = (widen(row[j]) - c) - log_s
+        for j in range(np.uint64(n)):
+            dst[b + j] = (widen(src[a + j]) - c) - log_s

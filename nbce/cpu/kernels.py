@@ -291,12 +291,14 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
-def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom, n_tasks):
+def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom, in_place, n_tasks):
     """Row r of the output (``(out_base, out_geom)``, writable, any strides)
     = (x_r - c_r) - log s_r (log_softmax), or its exp (softmax), in the row's
     compute type (see ``_normalize``); (c_r, log s_r) from the
     row pass, a group of rows at a time as ``logsumexp`` forms them (short
-    rows pay no per-row statistics pass).  Each output element is written once."""
+    rows pay no per-row statistics pass).  Each output element is written once.
+    ``in_place``: the output is the input (same memory and layout), and the
+    output pass reads it through ``out_base``."""
     step, out_step = geom[0], out_geom[0]
     n_rows = _row_count(out_geom)
     size = rows_per_group(n_classes, n_rows, n_tasks)
@@ -305,29 +307,34 @@ def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom, n_ta
         picks[:] = 0
         group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
         for i in range(picks.size):
-            row = load_row_at(base, starts[i], step, n_classes)
             shift, log_total = logs[LOG_SHIFT, i], logs[LOG_TOTAL, i]
             start = row_offset(out_geom, first + i)
-            # One call per layout: a contiguous destination keeps its own
-            # (vectorized) compilation instead of sharing the strided one.
-            if out_step == 1:
-                _write_row(row, shift, log_total, exponentiate, out_base[start:start + n_classes])
+            # One call per layout: unit strides keep their own (vectorized)
+            # compilation, in place one array read and written, instead of
+            # sharing the strided one.
+            if in_place and out_step == 1:
+                _write_row(out_base, start, n_classes, shift, log_total, exponentiate, out_base, start)
+            elif in_place:
+                row = out_base[start:start + (n_classes - 1) * out_step + 1:out_step]
+                _write_row(row, 0, n_classes, shift, log_total, exponentiate, row, 0)
+            elif step == 1 and out_step == 1:
+                _write_row(base, starts[i], n_classes, shift, log_total, exponentiate, out_base, start)
             else:
-                _write_row(row, shift, log_total, exponentiate,
-                           out_base[start:start + (n_classes - 1) * out_step + 1:out_step])
+                _write_row(load_row_at(base, starts[i], step, n_classes), 0, n_classes, shift, log_total, exponentiate,
+                           out_base[start:start + (n_classes - 1) * out_step + 1:out_step], 0)
 
 
 @njit(inline="always", **ELEMENTWISE_JIT_OPTIONS)
-def _write_row(row, shift, log_total, exponentiate, dst):
+def _write_row(src, src_start, n, shift, log_total, exponentiate, dst, dst_start):
     """``write_normalized`` called with a constant flag: a call compiled with the
     flag as a variable took 23 ns for a float32 row of 32 entries where this
     takes 3 (one thread, rows in cache).  In ``normalize_rows`` it saves less
     (65536x100 float32 log_softmax, two threads: 2.97-2.99 -> 2.81-2.87 ms),
     the write of the output being the larger cost there."""
     if exponentiate:
-        write_normalized(row, shift, log_total, True, dst)
+        write_normalized(src, src_start, n, shift, log_total, True, dst, dst_start)
     else:
-        write_normalized(row, shift, log_total, False, dst)
+        write_normalized(src, src_start, n, shift, log_total, False, dst, dst_start)
 
 
 @njit(**JIT_OPTIONS)
