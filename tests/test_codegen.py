@@ -116,7 +116,7 @@ def test_softmax_output_pass_is_vectorized(dtype, exponentiate):
 def test_logarithms_of_a_group_of_rows_are_vectorized():
     """One vector loop of vlog, log1p and exp over the rows of a group: a loop
     reading and writing rows of one array, or a call left in it, stays scalar."""
-    asm = _asm(_rows.log_stats_table, np.ones((_rows.N_SUMS, 64)), np.ones((_rows.N_LOGS, 64)), 64,
+    asm = _asm(_rows.log_stats_table, np.ones((_rows.N_SUMS, 64)), np.ones((_rows.N_LOGS, 64)), 64, True,
                options=ELEMENTWISE_JIT_OPTIONS)
     assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 20
 

@@ -383,14 +383,13 @@ def log_sum(ones, rest):                          # a call in a loop would keep 
     """log s for s = ones + rest (``ones`` the count of unit terms, at least 1):
     log(ones) + log1p(rest / ones) while rest / ones <= 1, which keeps a rest
     of 1e-30 beside a 1; log(ones + rest) above, where the sum rounds as little
-    as its parts.  Branch-free (both are formed, one is kept), so a loop over
-    rows becomes vector code.  ones = rest = 0 (every entry -inf) gives -inf.
+    as its parts.  Branch-free, so a loop over rows becomes vector code: one
+    logarithm and one log1p whichever applies, as log(ones + rest) + log1p(0)
+    above (log1p(0) is exactly 0).  ones = rest = 0 (every entry -inf) gives -inf.
     """
     ratio = rest / ones
     small = ratio <= 1.0
-    split = vlog(ones) + log1p_unit(ratio if small else 1.0)
-    whole = vlog(ones + rest)  # formed before the select: a call inside it would be a branch
-    return split if small else whole
+    return vlog(ones if small else ones + rest) + log1p_unit(ratio if small else 0.0)
 
 
 # The table's columns are formed TABLE_STEP at a time, in a loop of that
@@ -401,9 +400,10 @@ TABLE_STEP = 16
 
 
 @njit(**ELEMENTWISE_JIT_OPTIONS)
-def log_stats_table(sums, logs, count):
+def log_stats_table(sums, logs, count, with_entropy):
     """(c, log s, entropy, confidence) for the first ``count`` columns of
-    ``sums`` (filled by ``row_sums``) into ``logs``:
+    ``sums`` (filled by ``row_sums``) into ``logs``, the entropy and the
+    confidence only ``with_entropy`` (a constant: see ``kernels.group_stats``):
 
         log s = log(ones) + log1p(rest / ones)   (see ``log_sum``),   entropy = log s - t / s,
 
@@ -420,7 +420,7 @@ def log_stats_table(sums, logs, count):
         for i in range(count):
             (logs[LOG_SHIFT, i], logs[LOG_TOTAL, i], logs[ENTROPY, i],
              logs[CONFIDENCE, i]) = _log_stats_entry(sums[SHIFT, i], sums[ONES, i], sums[REST, i],
-                                                     sums[MOMENT, i], sums[TOP, i])
+                                                     sums[MOMENT, i], sums[TOP, i], with_entropy)
         return
     for start in range(0, count, TABLE_STEP):
         # Views of the tables' rows indexed from 0: an index start + k would
@@ -432,16 +432,19 @@ def log_stats_table(sums, logs, count):
                                                      logs[ENTROPY, start:stop], logs[CONFIDENCE, start:stop])
         for k in range(TABLE_STEP):
             log_shift[k], log_total[k], entropy[k], confidence[k] = _log_stats_entry(shifts[k], ones[k], rest[k],
-                                                                                     moment[k], top[k])
+                                                                                     moment[k], top[k], with_entropy)
 
 
 @njit(inline="always", **ELEMENTWISE_JIT_OPTIONS)  # a call per column would keep the loop scalar
-def _log_stats_entry(shift, ones, rest, moment, top):
-    """One column of ``log_stats_table``: (c, log s, entropy, confidence)."""
+def _log_stats_entry(shift, ones, rest, moment, top, with_entropy):
+    """One column of ``log_stats_table``: (c, log s, entropy, confidence), the
+    last two NaN unless ``with_entropy``."""
     log_total = log_sum(ones, rest)
     infinite = top == np.inf
     log_total = np.nan if infinite else log_total
     shift = np.inf if infinite else shift
+    if not with_entropy:
+        return shift, log_total, np.nan, np.nan
     return shift, log_total, log_total - moment / (ones + rest), vexp(log_softmax_entry(top, shift, log_total))
 
 

@@ -157,7 +157,10 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
             shift, ones, rest, moment, top, above = row_sums(row, with_entropy, count_above, widen(row[picks[i]]))
         sums[SHIFT, i], sums[ONES, i], sums[REST, i] = shift, ones, rest
         sums[MOMENT, i], sums[TOP, i], sums[ABOVE, i] = moment, top, above
-    log_stats_table(sums, logs, width)
+    if with_entropy:  # a constant flag: the table's loop compiled without the entropy's terms otherwise
+        log_stats_table(sums, logs, width, True)
+    else:
+        log_stats_table(sums, logs, width, False)
 
 
 @njit(**JIT_OPTIONS)
