@@ -136,6 +136,12 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     a row not read, and the columns past the rows, get c = log s = 0.  Rows
     of at most ``BLOCK`` entries are read four at a time
     (``_rows.short_rows_sums``), longer ones one at a time (``_rows.row_sums``).
+
+    Call it with constant flags (``True``/``False`` written at the call): they
+    reach the four-row loops as constants, whose loops a flag known only at
+    run time keeps scalar, and each kernel compiles only the loops it uses
+    (a flag tested at run time here compiled all four settings, in two
+    layouts each, into every kernel).
     """
     step = geom[0]
     count = picks.size
@@ -157,29 +163,11 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
             shift, ones, rest, moment, top, above = row_sums(row, with_entropy, count_above, widen(row[picks[i]]))
         sums[SHIFT, i], sums[ONES, i], sums[REST, i] = shift, ones, rest
         sums[MOMENT, i], sums[TOP, i], sums[ABOVE, i] = moment, top, above
-    if with_entropy:  # a constant flag: the table's loop compiled without the entropy's terms otherwise
-        log_stats_table(sums, logs, width, True)
-    else:
-        log_stats_table(sums, logs, width, False)
+    log_stats_table(sums, logs, width, with_entropy)
 
 
 @njit(**JIT_OPTIONS)
 def _one_block_rows(base, starts, step, n_classes, picks, read, with_entropy, count_above, sums):
-    """``_one_block_rows_of`` compiled apart for each setting of the two flags
-    (see ``_rows.short_rows_sums``)."""
-    if with_entropy:
-        if count_above:
-            _one_block_rows_of(base, starts, step, n_classes, picks, read, True, True, sums)
-        else:
-            _one_block_rows_of(base, starts, step, n_classes, picks, read, True, False, sums)
-    elif count_above:
-        _one_block_rows_of(base, starts, step, n_classes, picks, read, False, True, sums)
-    else:
-        _one_block_rows_of(base, starts, step, n_classes, picks, read, False, False, sums)
-
-
-@njit(**JIT_OPTIONS)
-def _one_block_rows_of(base, starts, step, n_classes, picks, read, with_entropy, count_above, sums):
     """The sums of the ``read`` rows with picks[i] >= 0 (of at most ``BLOCK``
     entries) into the columns of ``sums``, ROWS_AT_ONCE at a time
     (``_rows.short_rows_sums``); the last places of the last call repeat the
@@ -212,7 +200,7 @@ def _one_block_rows_of(base, starts, step, n_classes, picks, read, with_entropy,
 
 @njit(**JIT_OPTIONS)
 def _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count_above, sums):
-    """``_one_block_rows_of`` for rows of unit class stride: read in place
+    """``_one_block_rows`` for rows of unit class stride: read in place
     (no step to test per row), the rows read next prefetched."""
     read = order.size
     line = 64 // base.itemsize
@@ -287,7 +275,10 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
     for g in prange(n_groups(lse_out.size, size)):
         first, picks, starts, sums, logs = group_scratch(g, size, lse_out.size, n_classes)
         picks[:] = 0
-        group_stats(base, geom, n_classes, first, picks, with_entropy, False, starts, sums, logs)
+        if with_entropy:  # constant flags from here on (see ``group_stats``)
+            group_stats(base, geom, n_classes, first, picks, True, False, starts, sums, logs)
+        else:
+            group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
         for i in range(picks.size):
             lse_out[first + i] = logsumexp_of(logs[LOG_SHIFT, i], logs[LOG_TOTAL, i])
             entropy_out[first + i] = logs[ENTROPY, i]
