@@ -182,19 +182,6 @@ def _cast_like_impl(value, like):
     raise TypingError(f"cast_like: expected a float32 or float64 model, got {like}")
 
 
-def empty_of(shape, like):  # pragma: no cover - replaced by the overload in compiled code
-    """An uninitialised array of ``shape`` with the float type of ``like``."""
-    raise NotImplementedError
-
-
-@overload(empty_of)
-def _empty_of_impl(shape, like):
-    if like not in (types.float32, types.float64):
-        raise TypingError(f"empty_of: expected a float32 or float64 model, got {like}")
-    dtype = np.float32 if like == types.float32 else np.float64
-    return lambda shape, like: np.empty(shape, dtype)
-
-
 def _log_split_constants(fty):
     """(offset, mantissa mask, mantissa bits) of ``log_exponent``/``log_mantissa``:
     the offset is the bit pattern of (about) sqrt(1/2)."""
