@@ -2,7 +2,8 @@
 
 A *row* is the vector of one sample's class scores.  Rows reach these helpers
 as contiguous 1-D arrays of float64, float32 or 16-bit words (see
-``_bits.widen``).  The log-sum-exp is streamed block by block:
+``_bits.widen``), or, four rows of one block at a time, as offsets into one
+such array (``short_rows_sums``).  The log-sum-exp is streamed block by block:
 
     block max  b = max_j x_j                          (integer-key max: vectorizes)
     shift      c = b if b is finite else 0, updated only when b grows
