@@ -191,10 +191,7 @@ def _one_block_rows(base, starts, step, n_classes, picks, read, with_entropy, co
     for q in range(0, read, ROWS_AT_ONCE):
         places = _quad(order, q)
         for k in range(ROWS_AT_ONCE):
-            start = starts[places[k]]
-            row = quad[k * n_classes:(k + 1) * n_classes]
-            for j in range(n_classes):
-                row[j] = base[start + j * step]
+            fill(quad[k * n_classes:(k + 1) * n_classes], n_classes, base, starts[places[k]], step)
         _sum_quad(quad, offsets, n_classes, places, picks, with_entropy, count_above, sums)
 
 
