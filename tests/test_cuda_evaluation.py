@@ -219,6 +219,28 @@ def test_pipeline_reads_the_next_chunk_before_waiting_for_the_last(monkeypatch, 
     assert_matches(evaluator.compute(), ref.evaluation(x, t), "float32")
 
 
+def test_upload_staging_ring_is_allocated_whole_by_the_first_upload(monkeypatch):
+    """A workspace's ring of page-locked staging buffers is made in full by its
+    first upload, so later uploads allocate nothing whichever turn they start
+    at (the pipeline's two streams upload twice each in a call of four chunks:
+    on a GPU, where each stream has its own workspace, the second call used to
+    fill the other half of each ring)."""
+    from nbce.cuda import _workspace
+
+    made = []
+    real = _workspace.dev.pinned_empty
+    monkeypatch.setattr(_workspace.dev, "pinned_empty", lambda *a, **k: (made.append(a), real(*a, **k))[1])
+    ws = _workspace.Workspace(0)
+    host = np.arange(6, dtype=np.int64)
+    for call in range(3):
+        for _ in range(2):
+            view = ws.upload("target", host)
+            np.testing.assert_array_equal(view.copy_to_host(), host)
+        assert len(made) == _workspace.STAGING_RING, call
+    ws.upload("target", np.arange(60, dtype=np.int64))  # a larger upload replaces its turn's buffer only
+    assert len(made) == _workspace.STAGING_RING + 1
+
+
 def test_host_streaming_allocates_its_buffers_once(rng, monkeypatch):
     """The pipeline's page-locked and device buffers (and streams) are made by
     the first streamed evaluation and reused by the next ones."""

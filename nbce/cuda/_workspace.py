@@ -89,6 +89,8 @@ class Workspace:
     def _staging_for(self, name, size, dtype):
         """The next (page-locked buffer, event) of ``name``'s ring, free to be overwritten."""
         ring = self._staging.setdefault(name, [])
+        if not ring:  # the whole ring at once: later calls, whichever turn they start at, allocate nothing
+            ring.extend((dev.pinned_empty(max(size, 1), dtype), dev.event()) for _ in range(STAGING_RING))
         turn = self._turns.get(name, 0)
         self._turns[name] = (turn + 1) % STAGING_RING
         if turn < len(ring) and ring[turn][0].size >= size and ring[turn][0].dtype == np.dtype(dtype):
