@@ -52,8 +52,9 @@ def in_device_context(function):
     """``function`` (a public function whose first parameter is the logits), run
     in one CUDA context block (``nbce.cuda.context``) when that argument is a
     CUDA array: its CUDA calls then skip the driver's context queries, the
-    larger part of a small call's host time.  The argument may be passed by
-    position or by name."""
+    larger part of a small call's host time (a repeated call on PyTorch
+    tensors may be replayed instead: ``nbce.cuda._replay``).  The argument
+    may be passed by position or by name."""
     first_name = next(iter(inspect.signature(function).parameters))
 
     @functools.wraps(function)
@@ -64,7 +65,6 @@ def in_device_context(function):
         from . import cuda
 
         cuda.require_device()
-        with cuda.context():
-            return function(*args, **kwargs)
+        return cuda.run_public(function, args, kwargs)
 
     return run

@@ -15,6 +15,7 @@ import numpy as np
 from .. import _arrays, _checks
 from .._dispatch import is_cuda_array
 from . import _device as dev
+from . import _replay
 from . import rows as rows_module
 from . import tally
 from ._workspace import NO_BAD_ROW, workspace
@@ -71,6 +72,11 @@ class DeviceRows:
 
 
 context = dev.context
+
+
+def run_public(function, args, kwargs):
+    """A public function on CUDA arrays: in one context block, or replayed (``_replay``)."""
+    return _replay.call(function, args, kwargs, context)
 
 
 def require_device(why="nbce got a CUDA array"):

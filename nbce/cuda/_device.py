@@ -274,12 +274,34 @@ def launch(kernel, blocks, threads, stream, args):
     if direct is None:
         direct = _direct[kernel] = DirectKernel(kernel) if DIRECT_LAUNCH else None
     if direct is None:
+        _record_other_launch()
         configure(kernel, blocks, threads, stream)(*args)
     else:
         direct.launch(blocks, threads, stream, args)
 
 
 _direct = {}
+_recorder = threading.local()
+
+
+@contextlib.contextmanager
+def recording_launches():
+    """A list that receives (function handle, blocks, threads, stream key,
+    argument words) for each launch of this thread's block by the direct
+    path, and None for each launch that took numba-cuda's own path."""
+    launches = []
+    outer = getattr(_recorder, "launches", None)
+    _recorder.launches = launches
+    try:
+        yield launches
+    finally:
+        _recorder.launches = outer
+
+
+def _record_other_launch():
+    recording = getattr(_recorder, "launches", None)
+    if recording is not None:
+        recording.append(None)
 
 
 # Direct launches.  numba-cuda's launch path costs about 5 µs per argument on
@@ -366,6 +388,8 @@ class DirectKernel:
         self._compiled = {}
         self._configs = {}
         self._streams = {}
+        self._packed = {}  # argument count -> (words, pointers to them, the pointers' address): raw launches
+        self._packing = threading.Lock()
 
     def launch(self, blocks, threads, stream, args):
         keys, words = [], []
@@ -375,7 +399,7 @@ class DirectKernel:
                 words.append(int(value))
             elif isinstance(value, int):
                 if not _INT64[0] <= value <= _INT64[1]:
-                    return configure(self._dispatcher, blocks, threads, stream)(*args)
+                    return self._launch_by_numba(blocks, threads, stream, args)
                 keys.append(int)
                 words.append(value)
             elif isinstance(value, float):
@@ -386,11 +410,11 @@ class DirectKernel:
                 keys.append(key)
                 words.extend(fields)
             else:  # anything else (NumPy scalars, host arrays) takes numba-cuda's path
-                return configure(self._dispatcher, blocks, threads, stream)(*args)
+                return self._launch_by_numba(blocks, threads, stream, args)
         signature = (current_device_id(), *keys)
         kernel = self._compiled.get(signature, _NOT_YET)
         if kernel is _NOT_YET:  # first launch of this signature: numba-cuda compiles and launches it
-            configure(self._dispatcher, blocks, threads, stream)(*args)
+            self._launch_by_numba(blocks, threads, stream, args)
             types = tuple(self._dispatcher.typeof_pyval(value) for value in args)
             compiled = self._dispatcher.overloads.get(types)
             # Debug builds check an error code after the launch, cooperative ones
@@ -401,7 +425,10 @@ class DirectKernel:
             self._compiled[signature] = None if function is None else (function.kernel, function.handle)
             return None
         if kernel is None:  # compiled for other types than the arguments': numba-cuda converts them
-            return configure(self._dispatcher, blocks, threads, stream)(*args)
+            return self._launch_by_numba(blocks, threads, stream, args)
+        recording = getattr(_recorder, "launches", None)
+        if recording is not None:
+            recording.append((kernel[1], blocks, threads, stream_key(stream), tuple(words)))
         if RAW_LAUNCH and isinstance(blocks, int) and isinstance(threads, int):
             self._raw_launch(kernel[1], blocks, threads, stream, words)
             return None
@@ -420,20 +447,64 @@ class DirectKernel:
         _core_launch(core_stream, config, kernel[0], *words)
         return None
 
+    def _launch_by_numba(self, blocks, threads, stream, args):
+        _record_other_launch()
+        configure(self._dispatcher, blocks, threads, stream)(*args)
+
     def _raw_launch(self, handle, blocks, threads, stream, words):
-        """cuLaunchKernel with the words in one array (see above)."""
-        packed = np.array(words, dtype=np.int64)
-        pointers = np.arange(packed.size, dtype=np.int64) * _WORD + packed.ctypes.data
-        key = ("raw", stream_key(stream))
-        handle_of_stream = self._streams.get(key)
-        if handle_of_stream is None:
-            handle_of_stream = _bindings.CUstream(key[1])
-            if len(self._streams) < _KEPT:
-                self._streams[key] = handle_of_stream
-        error, = _bindings.cuLaunchKernel(handle, blocks, 1, 1, threads, 1, 1, 0, handle_of_stream,
-                                          pointers.ctypes.data, 0)
-        if error != _bindings.CUresult.CUDA_SUCCESS:
+        """cuLaunchKernel with the words in one array (see above), kept per
+        argument count with its array of pointers: the driver has copied the
+        words when the launch returns, so the next launch may overwrite them
+        (one thread at a time)."""
+        with self._packing:
+            packed = self._packed.get(len(words))
+            if packed is None:
+                words_array = np.empty(len(words), dtype=np.int64)
+                pointers = np.arange(len(words), dtype=np.int64) * _WORD + words_array.ctypes.data
+                packed = self._packed[len(words)] = (words_array, pointers, pointers.ctypes.data)
+            packed[0][:] = words
+            error = launch_words(handle, blocks, threads, stream_key(stream), packed[2])
+        if error is not None:
             raise RuntimeError(f"cuLaunchKernel failed: {error!r}")
+
+
+# Driver calls without a Numba object on the way, so without a context
+# query: raw launches, and the replayed calls of ``nbce.cuda._replay``, which
+# take the ordinary path where the driver refuses.
+_raw_streams = {}
+
+
+def _raw_stream(handle):
+    found = _raw_streams.get(handle)
+    if found is None:
+        found = _bindings.CUstream(handle)
+        if len(_raw_streams) < _KEPT:
+            _raw_streams[handle] = found
+    return found
+
+
+def current_context_handle():
+    """The calling thread's current CUDA context, as an integer (0: none)."""
+    error, context = _bindings.cuCtxGetCurrent()
+    return int(context) if error == _bindings.CUresult.CUDA_SUCCESS else 0
+
+
+def launch_words(function_handle, blocks, threads, stream_handle, words_address):
+    """cuLaunchKernel with the argument words at ``words_address`` (an array of
+    pointers to them); None, or the driver's error."""
+    error, = _bindings.cuLaunchKernel(function_handle, blocks, 1, 1, threads, 1, 1, 0, _raw_stream(stream_handle),
+                                      words_address, 0)
+    return None if error == _bindings.CUresult.CUDA_SUCCESS else error
+
+
+def read_word_and_wait(host_address, device_address, stream_handle):
+    """Copy 8 bytes from the device to page-locked host memory on a stream, and wait for it."""
+    stream = _raw_stream(stream_handle)
+    error, = _bindings.cuMemcpyDtoHAsync(host_address, device_address, 8, stream)
+    if error != _bindings.CUresult.CUDA_SUCCESS:
+        return False
+    error, = _bindings.cuStreamSynchronize(stream)
+    return error == _bindings.CUresult.CUDA_SUCCESS
 
 
 # Bytes per wide load: a warp moves 512 bytes per load instruction instead of

@@ -38,6 +38,9 @@ class Workspace:
         self._turns = {}
         self._constants = {}
         self.evaluation = None  # whose evaluation sums the "evaluation_sums" buffer holds (nbce.cuda.tally)
+        # Counts the buffers made anew (and the workspace's release): a
+        # replayed launch (nbce.cuda._replay) holds their addresses.
+        self.generation = 0
 
     def buffer(self, name, shape, dtype=np.float64):
         """A C-contiguous ``shape`` view of the growing buffer ``name``."""
@@ -63,6 +66,7 @@ class Workspace:
             else:
                 current = dev.device_empty(max(size, 1), dtype, self._stream)
             self._buffers[name] = current
+            self.generation += 1
         found = current[:size].reshape(*shape)
         self._views[name] = (key, found)
         return found
@@ -135,6 +139,13 @@ class Workspace:
             on.synchronize()
         return found
 
+    def bad_flag_addresses(self):
+        """(device address of the bad-target flag, page-locked host word that ``read_bad`` reads it into)."""
+        host = self._read_back.get(np.dtype(np.int64))
+        if host is None:
+            host = self._read_back[np.dtype(np.int64)] = dev.pinned_empty(1, np.int64)
+        return dev.address(self.bad), host
+
     def rearm_bad(self):
         self.bad.copy_to_device(np.array([NO_BAD_ROW], dtype=np.int64), stream=self._stream)
 
@@ -169,4 +180,4 @@ def release(stream):
     key = dev.stream_key(stream)
     found_all = getattr(_local, "workspaces", {})
     for k in [k for k in found_all if k[1] == key]:
-        del found_all[k]
+        found_all.pop(k).generation += 1
