@@ -132,22 +132,26 @@ def host_overhead_us(torch, nbce):
 
 
 def _launch_paths_us(sync, nbce, x, t, rounds=7):
-    """Wall µs per small cross_entropy call launched through cuda.core and
-    through the driver's cuLaunchKernel (``NBCE_CUDA_RAW_LAUNCH``), in
-    alternating rounds in this one process: medians over the rounds."""
-    from nbce.cuda import _device
+    """Wall µs per small cross_entropy call by each host path, in alternating
+    rounds in this one process (medians over the rounds): replayed launches
+    (``nbce.cuda._replay``, the default for repeated calls on torch tensors),
+    and the ordinary path launching through cuda.core and through the
+    driver's cuLaunchKernel (``NBCE_CUDA_RAW_LAUNCH``)."""
+    from nbce.cuda import _device, _replay
 
-    if not _device.RAW_LAUNCH_AVAILABLE:
-        return {}
-    default, times = _device.RAW_LAUNCH, {False: [], True: []}
+    paths = {"nbce_replay": (True, False), "nbce_core_launch": (False, False)}
+    if _device.RAW_LAUNCH_AVAILABLE:
+        paths["nbce_raw_launch"] = (False, True)
+    saved, times = (_replay.ENABLED, _device.RAW_LAUNCH), {name: [] for name in paths}
     try:
         for _ in range(rounds):
-            for raw in (False, True):
+            for name, (replay, raw) in paths.items():
+                _replay.ENABLED = replay and saved[0]
                 _device.RAW_LAUNCH = raw
-                times[raw].append(_wall_us(sync, nbce.cross_entropy, x, t))
+                times[name].append(_wall_us(sync, nbce.cross_entropy, x, t))
     finally:
-        _device.RAW_LAUNCH = default
-    return {"nbce_core_launch": statistics.median(times[False]), "nbce_raw_launch": statistics.median(times[True])}
+        _replay.ENABLED, _device.RAW_LAUNCH = saved
+    return {name: statistics.median(found) for name, found in times.items()}
 
 
 def _cell(value, fmt):
@@ -240,9 +244,9 @@ def main(argv=None):
     print(f"\nhost overhead, {HOST_SHAPE[0]}×{HOST_SHAPE[1]} float32, wall µs per call (mean of {HOST_CALLS}, "
           f"one synchronisation at the end): cross_entropy nbce {host['nbce']:.1f}, torch {host['torch']:.1f}; "
           f"logsumexp nbce {host['nbce_logsumexp']:.1f}, torch {host['torch_logsumexp']:.1f}")
-    if "nbce_raw_launch" in host:
-        print(f"cross_entropy by launch path (alternating rounds, medians): cuda.core {host['nbce_core_launch']:.1f}, "
-              f"cuLaunchKernel {host['nbce_raw_launch']:.1f}")
+    print(f"cross_entropy by host path (alternating rounds, medians): replayed {host['nbce_replay']:.1f}, "
+          f"ordinary by cuda.core {host['nbce_core_launch']:.1f}"
+          + (f", ordinary by cuLaunchKernel {host['nbce_raw_launch']:.1f}" if "nbce_raw_launch" in host else ""))
     if "nbce_cupy" in host:
         print(f"on CuPy arrays: cross_entropy nbce {host['nbce_cupy']:.1f}, logsumexp nbce "
               f"{host['nbce_cupy_logsumexp']:.1f}")
