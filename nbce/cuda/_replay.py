@@ -151,6 +151,8 @@ def _record(key, launches, args, result, stream):
     launch = launches[0]
     if launch[3] != dev.stream_key(resolve_stream(None, args[0])) or launch[3] != stream:
         return
+    if args[0].device.index != sys.modules["torch"].cuda.current_device():
+        return  # the kernel ran in another GPU's context than the current one, which replays check
     words = launch[4]
     addresses = [args[0].data_ptr(), result.data_ptr()] + ([args[1].data_ptr()] if len(args) == 2 else [])
     slots = []
