@@ -116,8 +116,42 @@ def test_workspace_buffers_made_anew_are_not_replayed(monkeypatch, replays):
     assert len(replays) == before  # recorded again, not replayed
 
 
-def test_misaligned_and_offset_logits_are_keyed_apart(monkeypatch, replays):
-    base = torch.randn(64, 1001, device="cuda")
-    for start in (0, 1, 2, 0, 1, 2):
-        x = base[:, start:start + 1000]
-        same_bits(nbce.logsumexp(x), ordinary(monkeypatch, nbce.logsumexp, x))
+def test_logits_at_other_alignments_are_keyed_apart(monkeypatch, replays):
+    """Contiguous views starting 0, 4, 8 and 16 bytes into one buffer: the
+    wide loads' alignment words differ, so each offset has its own record."""
+    base = torch.randn(64 * 1000 + 8, device="cuda")
+    for _ in range(3):
+        for start in (0, 1, 2, 4):
+            x = base[start:start + 64000].view(64, 1000)
+            same_bits(nbce.logsumexp(x), ordinary(monkeypatch, nbce.logsumexp, x))
+    assert len(replays) >= 4
+
+
+def test_options_of_other_types_raise_as_on_the_ordinary_path(monkeypatch, replays):
+    x = torch.randn(32, 100, device="cuda")
+    t = torch.randint(0, 100, (32,), device="cuda")
+    for _ in range(3):
+        nbce.cross_entropy(x, t, ignore_index=1, label_smoothing=0.0)
+        nbce.logsumexp(x, axis=1)
+    assert replays
+    for call in (lambda: nbce.cross_entropy(x, t, ignore_index=True, label_smoothing=0.0),
+                 lambda: nbce.cross_entropy(x, t, ignore_index=1, label_smoothing=False),
+                 lambda: nbce.logsumexp(x, axis=1.0)):
+        with pytest.raises(TypeError):
+            call()
+
+
+def test_logits_that_require_grad_take_the_ordinary_path(monkeypatch, replays):
+    x = torch.randn(32, 100, device="cuda")
+    for _ in range(3):
+        nbce.logsumexp(x)
+    tried = len(replays)
+    x.requires_grad_(True)
+    try:
+        plain = ordinary(monkeypatch, nbce.logsumexp, x)
+    except Exception as error:  # noqa: BLE001 - whatever the ordinary path does, replay must do too
+        with pytest.raises(type(error)):
+            nbce.logsumexp(x)
+    else:
+        same_bits(nbce.logsumexp(x), plain)
+    assert len(replays) == tried

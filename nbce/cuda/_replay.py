@@ -23,6 +23,11 @@ since (``Workspace.generation``).  The key includes each address modulo 16,
 on which the wide loads' alignment depends.  Another current CUDA context
 than the recording's (one driver query per call), the driver's refusal and
 a bad target send the call down the ordinary path, which raises the error.
+Not replayed: logits that require grad (the ordinary path refuses most of
+them), sparse or nested tensors, a stream being captured into a CUDA graph
+(the flag's wait would end the capture); options are keyed with their types,
+since ``1 == True == 1.0`` but only some of these pass the checks, and the
+launch settings (``THREADS`` and the others) are keyed too.
 ``NBCE_CUDA_REPLAY=0`` turns replay off.
 """
 
@@ -66,23 +71,37 @@ def _torch_cuda(obj):
     return type(obj).__module__ == "torch" and obj.is_cuda
 
 
+def _plain_torch_cuda(obj):
+    """A strided (not sparse, not nested) PyTorch CUDA tensor."""
+    return _torch_cuda(obj) and obj.layout == sys.modules["torch"].strided and not obj.is_nested
+
+
+def _first(pair):
+    return pair[0]
+
+
 def _key(name, args, kwargs):
     """The call's replay key, or None when it is not a call that replay serves."""
     allowed = _OPTIONS.get(name)
     if allowed is None or not kwargs.keys() <= allowed:
         return None
     wanted = 2 if name == "cross_entropy" else 1
-    if len(args) != wanted or not all(_torch_cuda(a) for a in args):
+    if len(args) != wanted or not all(_plain_torch_cuda(a) for a in args):
         return None
     x = args[0]
-    key = [name, x.device.index, x.dtype, tuple(x.shape), x.stride(), x.data_ptr() % dev.VECTOR_BYTES]
+    if x.requires_grad:  # refused by the ordinary path (torch's array interface) for most dtypes
+        return None
+    package = sys.modules[__package__]  # the launch settings, which tests change
+    key = [name, package.THREADS, package.MIN_ELEMENTS_PER_THREAD, package.BLOCKS_PER_SM,
+           x.device.index, x.dtype, tuple(x.shape), x.stride(), x.data_ptr() % dev.VECTOR_BYTES]
     if wanted == 2:
         t = args[1]
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == sys.modules["torch"].bool:
             return None
         key += [t.device.index, t.dtype, tuple(t.shape), t.stride(), t.data_ptr() % dev.VECTOR_BYTES]
     try:
-        key.append(tuple(sorted(kwargs.items())))
+        # With each option's type: 1 == True == 1.0, yet only some of them pass the checks.
+        key.append(tuple((option, type(value), value) for option, value in sorted(kwargs.items(), key=_first)))
         key = tuple(key)
         hash(key)
     except TypeError:  # an option of an unhashable type: the ordinary path checks it
@@ -104,6 +123,8 @@ def _stream_handle(x):
 def call(function, args, kwargs, context):
     """``function(*args, **kwargs)`` (a public function on CUDA arrays), replayed where it can be."""
     key = _key(function.__name__, args, kwargs) if ENABLED else None
+    if key is not None and sys.modules["torch"].cuda.is_current_stream_capturing():
+        key = None  # a graph captures the ordinary path's launch; the flag's wait would end the capture
     if key is None:
         with context():
             return function(*args, **kwargs)
