@@ -76,7 +76,8 @@ context = dev.context
 
 def run_public(function, args, kwargs):
     """A public function on CUDA arrays: in one context block, or replayed (``_replay``)."""
-    return _replay.call(function, args, kwargs, context)
+    return _replay.call(function, args, kwargs, context, (THREADS, MIN_ELEMENTS_PER_THREAD, BLOCKS_PER_SM),
+                        resolve_stream)
 
 
 def require_device(why="nbce got a CUDA array"):

@@ -27,7 +27,7 @@ Not replayed: logits that require grad (the ordinary path refuses most of
 them), sparse or nested tensors, a stream being captured into a CUDA graph
 (the flag's wait would end the capture); options are keyed with their types,
 since ``1 == True == 1.0`` but only some of these pass the checks, and the
-launch settings (``THREADS`` and the others) are keyed too.
+launch settings (``nbce.cuda.THREADS`` and the others) are keyed too.
 ``NBCE_CUDA_REPLAY=0`` turns replay off.
 """
 
@@ -38,7 +38,7 @@ import threading
 import numpy as np
 
 from . import _device as dev
-from ._workspace import NO_BAD_ROW
+from ._workspace import NO_BAD_ROW, workspace
 
 ENABLED = dev.RAW_LAUNCH_AVAILABLE and os.environ.get("NBCE_CUDA_REPLAY", "1") != "0"
 _KEPT = 64  # recorded calls per thread
@@ -80,7 +80,7 @@ def _first(pair):
     return pair[0]
 
 
-def _key(name, args, kwargs):
+def _key(name, args, kwargs, settings):
     """The call's replay key, or None when it is not a call that replay serves."""
     allowed = _OPTIONS.get(name)
     if allowed is None or not kwargs.keys() <= allowed:
@@ -91,9 +91,7 @@ def _key(name, args, kwargs):
     x = args[0]
     if x.requires_grad:  # refused by the ordinary path (torch's array interface) for most dtypes
         return None
-    package = sys.modules[__package__]  # the launch settings, which tests change
-    key = [name, package.THREADS, package.MIN_ELEMENTS_PER_THREAD, package.BLOCKS_PER_SM,
-           x.device.index, x.dtype, tuple(x.shape), x.stride(), x.data_ptr() % dev.VECTOR_BYTES]
+    key = [name, settings, x.device.index, x.dtype, tuple(x.shape), x.stride(), x.data_ptr() % dev.VECTOR_BYTES]
     if wanted == 2:
         t = args[1]
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == sys.modules["torch"].bool:
@@ -120,9 +118,13 @@ def _stream_handle(x):
     return sys.modules["torch"].cuda.current_stream(x.device).cuda_stream
 
 
-def call(function, args, kwargs, context):
-    """``function(*args, **kwargs)`` (a public function on CUDA arrays), replayed where it can be."""
-    key = _key(function.__name__, args, kwargs) if ENABLED else None
+def call(function, args, kwargs, context, settings, resolve_stream):
+    """``function(*args, **kwargs)`` (a public function on CUDA arrays), replayed where it can be.
+
+    ``context``: the backend's context block; ``settings``: the launch
+    settings that shape its kernels and grids (tests change them);
+    ``resolve_stream(None, array)``: the stream the ordinary path launches on."""
+    key = _key(function.__name__, args, kwargs, settings) if ENABLED else None
     if key is not None and sys.modules["torch"].cuda.is_current_stream_capturing():
         key = None  # a graph captures the ordinary path's launch; the flag's wait would end the capture
     if key is None:
@@ -139,7 +141,7 @@ def call(function, args, kwargs, context):
     with context():
         with dev.recording_launches() as launches:
             result = function(*args, **kwargs)
-        _record(key, launches, args, result, stream)
+        _record(key, launches, args, result, stream, resolve_stream(None, args[0]))
     return result
 
 
@@ -163,14 +165,12 @@ def _replay(found, args):
     return result
 
 
-def _record(key, launches, args, result, stream):
-    from . import resolve_stream
-    from ._workspace import workspace
+def _record(key, launches, args, result, stream, launch_stream):
 
     if len(launches) != 1 or launches[0] is None or not _torch_cuda(result) or not result.is_contiguous():
         return  # a replay allocates a contiguous result
     launch = launches[0]
-    if launch[3] != dev.stream_key(resolve_stream(None, args[0])) or launch[3] != stream:
+    if launch[3] != dev.stream_key(launch_stream) or launch[3] != stream:
         return
     if args[0].device.index != sys.modules["torch"].cuda.current_device():
         return  # the kernel ran in another GPU's context than the current one, which replays check
@@ -182,7 +182,7 @@ def _record(key, launches, args, result, stream):
         if len(where) != 1:
             return
         slots.append(where[0])
-    ws = workspace(resolve_stream(None, args[0]))
+    ws = workspace(launch_stream)
     flag = ws.bad_flag_addresses() if len(args) == 2 else None
     recorded = _recorded()
     if len(recorded) >= _KEPT:
