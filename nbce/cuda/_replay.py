@@ -166,7 +166,6 @@ def _replay(found, args):
 
 
 def _record(key, launches, args, result, stream, launch_stream):
-
     if len(launches) != 1 or launches[0] is None or not _torch_cuda(result) or not result.is_contiguous():
         return  # a replay allocates a contiguous result
     launch = launches[0]
