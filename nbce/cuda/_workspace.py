@@ -128,10 +128,7 @@ class Workspace:
     def read(self, view, stream):
         """A host copy of the contiguous device array ``view``: one copy into a
         page-locked buffer kept for the next read (valid until then), waited for."""
-        dtype = np.dtype(view.dtype)
-        host = self._read_back.get(dtype)
-        if host is None or host.size < view.size:
-            host = self._read_back[dtype] = dev.pinned_empty(max(view.size, 1), dtype)
+        host = self._read_back_for(np.dtype(view.dtype), view.size)
         found = host[: view.size].reshape(view.shape)
         on = stream or self._stream
         dev.copy_to_host(found, view, on)
@@ -139,12 +136,16 @@ class Workspace:
             on.synchronize()
         return found
 
+    def _read_back_for(self, dtype, size):
+        """The page-locked host buffer that ``read`` copies ``dtype`` values into, of ``size`` or more."""
+        host = self._read_back.get(dtype)
+        if host is None or host.size < size:
+            host = self._read_back[dtype] = dev.pinned_empty(max(size, 1), dtype)
+        return host
+
     def bad_flag_addresses(self):
         """(device address of the bad-target flag, page-locked host word that ``read_bad`` reads it into)."""
-        host = self._read_back.get(np.dtype(np.int64))
-        if host is None:
-            host = self._read_back[np.dtype(np.int64)] = dev.pinned_empty(1, np.int64)
-        return dev.address(self.bad), host
+        return dev.address(self.bad), self._read_back_for(np.dtype(np.int64), 1)
 
     def rearm_bad(self):
         self.bad.copy_to_device(np.array([NO_BAD_ROW], dtype=np.int64), stream=self._stream)
