@@ -459,10 +459,9 @@ class DirectKernel:
         with self._packing:
             packed = self._packed.get(len(words))
             if packed is None:
-                words_array = np.empty(len(words), dtype=np.int64)
-                pointers = np.arange(len(words), dtype=np.int64) * _WORD + words_array.ctypes.data
-                packed = self._packed[len(words)] = (words_array, pointers, pointers.ctypes.data)
-            packed[0][:] = words
+                packed = self._packed[len(words)] = packed_words(words)
+            else:
+                packed[0][:] = words
             error = launch_words(handle, blocks, threads, stream_key(stream), packed[2])
         if error is not None:
             raise RuntimeError(f"cuLaunchKernel failed: {error!r}")
@@ -487,6 +486,14 @@ def current_context_handle():
     """The calling thread's current CUDA context, as an integer (0: none)."""
     error, context = _bindings.cuCtxGetCurrent()
     return int(context) if error == _bindings.CUresult.CUDA_SUCCESS else 0
+
+
+def packed_words(words):
+    """(int64 array of the argument ``words``, array of pointers to its
+    entries, that array's address): what ``launch_words`` takes."""
+    array = np.array(words, dtype=np.int64)
+    pointers = np.arange(array.size, dtype=np.int64) * _WORD + array.ctypes.data
+    return array, pointers, pointers.ctypes.data
 
 
 def launch_words(function_handle, blocks, threads, stream_handle, words_address):

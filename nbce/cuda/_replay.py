@@ -35,8 +35,6 @@ import os
 import sys
 import threading
 
-import numpy as np
-
 from . import _device as dev
 from ._workspace import NO_BAD_ROW, workspace
 
@@ -53,13 +51,13 @@ _local = threading.local()
 class _Recorded:
     """One recorded launch with the positions of the three addresses in its words."""
 
-    __slots__ = ("function", "blocks", "threads", "words", "pointers", "slots", "result_shape", "result_dtype",
-                 "workspace", "generation", "flag", "context")
+    __slots__ = ("function", "blocks", "threads", "words", "pointers", "words_address", "slots", "result_shape",
+                 "result_dtype", "workspace", "generation", "flag", "context")
 
     def __init__(self, launch, slots, result, workspace, flag):
         self.function, self.blocks, self.threads, _, words = launch
-        self.words = np.array(words, dtype=np.int64)
-        self.pointers = np.arange(self.words.size, dtype=np.int64) * 8 + self.words.ctypes.data
+        # The pointer array stays referenced here: the driver reads it at each launch.
+        self.words, self.pointers, self.words_address = dev.packed_words(words)
         self.slots = slots
         self.result_shape, self.result_dtype = tuple(result.shape), result.dtype
         self.workspace, self.generation = workspace, workspace.generation
@@ -156,7 +154,7 @@ def _replay(found, args):
     for slot, address in zip(found.slots, addresses):
         words[slot] = address
     stream = _stream_handle(x)
-    if dev.launch_words(found.function, found.blocks, found.threads, stream, found.pointers.ctypes.data) is not None:
+    if dev.launch_words(found.function, found.blocks, found.threads, stream, found.words_address) is not None:
         return None
     if found.flag is not None:
         device_address, host = found.flag
