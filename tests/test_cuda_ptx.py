@@ -48,6 +48,15 @@ def test_narrow_rows_are_summed_in_float32_with_the_hardware_ex2(compiled):
             assert r["ex2_approx"], r
 
 
+def test_row_kernels_count_entries_at_the_max_without_a_branch(compiled):
+    """The per-element path is straight-line: e^(x - m) for every entry, and
+    the entries at the max counted by a select (a branch per element kept
+    the loads of a slot from overlapping its arithmetic)."""
+    for r in compiled:
+        if r["kernel"] in ROW_KERNELS:
+            assert r["counted_by_select"], r
+
+
 def test_row_kernels_read_16_bytes_per_load_and_merge_by_warp_shuffles(compiled):
     """ld.global.v4.f32 / v2.f64 / v4.u32 (eight halves), and shfl.sync for the in-row merges."""
     for r in compiled:

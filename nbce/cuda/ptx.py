@@ -7,6 +7,7 @@ toolkit wheels (``pip install 'nbce[cuda]'``).
 """
 
 import json
+import re
 import sys
 
 from numba import types
@@ -70,6 +71,9 @@ def facts(ptx):
         "fp64_exp_libcall": "__nv_exp" in ptx,
         "wide_load": "ld.global.v2.f64" in ptx or "ld.global.v4." in ptx,
         "local_memory": ".local" in ptx,
+        # An entry at the row's max counted by a select (1 or 0), not a branch.
+        "counted_by_select": re.search(r"selp\.f(?:32|64)\s+%fd?\d+, 0[fd](?:3F800000|3FF0000000000000), 0[fd]0+, %p\d+;",
+                                       ptx) is not None,
     }
 
 
