@@ -24,8 +24,8 @@ def replays(monkeypatch):
     done = []
     real = _replay._replay
 
-    def counted(found, args):
-        result = real(found, args)
+    def counted(found, args, stream):
+        result = real(found, args, stream)
         if result is not None:
             done.append(found)
         return result

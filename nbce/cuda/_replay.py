@@ -132,7 +132,7 @@ def call(function, args, kwargs, context, settings, resolve_stream):
     key = (*key, stream)
     found = _recorded().get(key)
     if found is not None:
-        result = _replay(found, args)
+        result = _replay(found, args, stream)
         if result is not None:
             return result
         _recorded().pop(key, None)
@@ -143,17 +143,21 @@ def call(function, args, kwargs, context, settings, resolve_stream):
     return result
 
 
-def _replay(found, args):
+def _addresses(args, result):
+    """The addresses a recorded launch takes anew: the logits', the result's and the targets' (if any)."""
+    return [args[0].data_ptr(), result.data_ptr()] + ([args[1].data_ptr()] if len(args) == 2 else [])
+
+
+def _replay(found, args, stream):
+    """``found``'s launch on ``args`` on the stream of handle ``stream``; None where the ordinary path must run."""
     torch = sys.modules["torch"]
     if found.workspace.generation != found.generation or dev.current_context_handle() != found.context:
         return None
     x = args[0]
     result = torch.empty(found.result_shape, dtype=found.result_dtype, device=x.device)
     words = found.words
-    addresses = [x.data_ptr(), result.data_ptr()] + ([args[1].data_ptr()] if len(args) == 2 else [])
-    for slot, address in zip(found.slots, addresses):
+    for slot, address in zip(found.slots, _addresses(args, result)):
         words[slot] = address
-    stream = _stream_handle(x)
     if dev.launch_words(found.function, found.blocks, found.threads, stream, found.words_address) is not None:
         return None
     if found.flag is not None:
@@ -172,9 +176,8 @@ def _record(key, launches, args, result, stream, launch_stream):
     if args[0].device.index != sys.modules["torch"].cuda.current_device():
         return  # the kernel ran in another GPU's context than the current one, which replays check
     words = launch[4]
-    addresses = [args[0].data_ptr(), result.data_ptr()] + ([args[1].data_ptr()] if len(args) == 2 else [])
     slots = []
-    for address in addresses:
+    for address in _addresses(args, result):
         where = [i for i, word in enumerate(words) if word == address]
         if len(where) != 1:
             return
