@@ -7,7 +7,9 @@ chunk of a read-only file mapping that occupies one contiguous byte range
 (rows of a C-order array, the usual case) is read with ``pread`` into an
 array of its own: a truncated file gives a short read, hence a ``ValueError``
 naming the file.  The kernel's read-ahead follows the sequential reads, and
-no page of the mapping becomes resident, so memory stays at a chunk or two.
+no page of the mapping becomes resident, so memory stays at a chunk or two:
+the chunks' memory is reused once the caller lets go of a chunk
+(``_Buffers``).
 
 The file is reopened by the memmap's file name only when it is still the
 file mapped (``_reopen``: same inode, from /proc/self/maps);
@@ -91,17 +93,22 @@ def _truncated(part, end):
                       "(truncated while being read?)")
 
 
-def _read(part, file):
+def _read(part, file, buffers=None):
     """``part`` of a read-only file mapping as an in-memory array, read from
     ``file`` with ``pread``, never through the mapping (a file truncated
     meanwhile is a ValueError, not a SIGBUS): one read when it is one
-    contiguous byte range; else one read per contiguous run when the bytes
-    between runs are many (``_BYTES_PER_READ`` a run or more), else the
-    covering byte range in windows of at most ``CHUNK_BYTES``."""
+    contiguous byte range (into memory from ``buffers``, a ``_Buffers``,
+    when given); else one read per contiguous run when the bytes between
+    runs are many (``_BYTES_PER_READ`` a run or more), else the covering
+    byte range in windows of at most ``CHUNK_BYTES``."""
     if part.size == 0:
         return np.asarray(part)
     if part.flags.c_contiguous or part.flags.f_contiguous:
-        copy = np.empty(part.shape, part.dtype, order="C" if part.flags.c_contiguous else "F")
+        order = "C" if part.flags.c_contiguous else "F"
+        if buffers is None:
+            copy = np.empty(part.shape, part.dtype, order=order)
+        else:
+            copy = np.ndarray(part.shape, part.dtype, buffer=buffers.take(part.nbytes), order=order)
         _pread_into(file, copy.reshape(-1, order="A").view(np.uint8), _file_position(part), part)
         return copy
     # Axes of negative stride are read in file order and turned back (views).
@@ -275,25 +282,64 @@ def _reopen(array):
     return file
 
 
+def _references(buffers, i):
+    """The references to buffers[i] (the list's, and any view's), as counted
+    from here."""
+    return sys.getrefcount(buffers[i])
+
+
+class _Buffers:
+    """Memory for the chunks read with ``pread``, handed out again once nothing
+    refers to it any more.
+
+    A fresh array per chunk costs its page faults on every chunk (reading
+    64 MiB chunks of a 1 GB file from the page cache: 8.3 GB/s into fresh
+    arrays, 14.3 GB/s into reused ones).  A buffer is reused only when its
+    reference count is back to what it was when nothing viewed it: a chunk
+    the caller still holds (a list of chunks, a chunk being copied to a GPU)
+    keeps its memory, and the next chunk gets other memory.
+    """
+
+    KEEP = 3  # the chunk being read, the one before it (the caller's until it asks for the next), one more
+
+    def __init__(self):
+        self._buffers = []
+        self._idle = None  # the reference count of a buffer nothing views
+
+    def take(self, nbytes):
+        """``nbytes`` bytes (a uint8 array) that no earlier chunk still uses."""
+        for i in range(len(self._buffers)):
+            if self._buffers[i].size >= nbytes and _references(self._buffers, i) <= self._idle:
+                return self._buffers[i][:nbytes]
+        if len(self._buffers) >= self.KEEP:
+            return np.empty(nbytes, np.uint8)
+        self._buffers.append(np.empty(nbytes, np.uint8))
+        if self._idle is None:  # counted as ``take`` counts it, no view of it anywhere yet
+            self._idle = _references(self._buffers, len(self._buffers) - 1)
+        return self._buffers[-1][:nbytes]
+
+
 class _Files:
     """The files behind mapped chunks, each opened once, for ``_read``."""
 
     def __init__(self):
-        self._open = {}  # id of a mapping -> (the mapping, kept so the id stays its own; its file or None)
+        # id of a mapping -> (the mapping, kept so the id stays its own; its file or None; memory for its chunks)
+        self._open = {}
 
     def resident(self, part):
         """``part`` read into memory when it is a view of a read-only file mapping
-        whose file can be reopened (see ``_read`` and ``_reopen``)."""
+        whose file can be reopened (see ``_read`` and ``_reopen``); the
+        chunks of one mapping share a ``_Buffers``."""
         if part is None or not _is_file_mapping(part) or part.filename is None or part._mmap is None:
             return part  # not a view of a file mapping nbce can reopen: scored as it is
         key = id(part._mmap)
         if key not in self._open:
-            self._open[key] = (part._mmap, _reopen(part))
-        file = self._open[key][1]
-        return part if file is None else _read(part, file)
+            self._open[key] = (part._mmap, _reopen(part), _Buffers())
+        _, file, buffers = self._open[key]
+        return part if file is None else _read(part, file, buffers)
 
     def close(self):
-        for _, file in self._open.values():
+        for _, file, _ in self._open.values():
             if file is not None:
                 file.close()
 

@@ -176,6 +176,44 @@ def test_a_mapped_file_still_at_its_name_is_read_not_mapped(tmp_path, rng, monke
     assert len(reads) == 4  # every chunk, with pread
 
 
+def test_chunks_read_one_after_another_reuse_their_memory(tmp_path, rng, monkeypatch):
+    """A caller that lets go of each chunk before asking for the next gets
+    the same two buffers back in turn (no fresh pages per chunk), each
+    chunk holding its own rows of the file."""
+    from nbce._chunks import row_chunks
+
+    x, t = make_logits(rng, (120, 50), "float32"), rng.integers(0, 50, 120)
+    np.save(tmp_path / "logits.npy", x)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+    allocated = []
+    monkeypatch.setattr(np, "empty", lambda *a, _real=np.empty, **k: (allocated.append(a[0]), _real(*a, **k))[1])
+    addresses = []
+    for chunk in row_chunks(mapped, t, None, 1, 10):
+        assert not isinstance(chunk.logits, np.memmap)
+        np.testing.assert_array_equal(chunk.logits, x[chunk.first_row:chunk.first_row + 10])
+        addresses.append(chunk.logits.ctypes.data)
+    assert len(addresses) == 12 and len(set(addresses)) == 2
+    assert allocated == [10 * 50 * 4] * 2  # two buffers for twelve chunks
+
+
+def test_chunks_a_caller_keeps_are_not_overwritten(tmp_path, rng):
+    """Chunks the caller holds on to (here all of them, in a list, and views
+    of one) keep their values while later chunks are read: their memory is
+    handed out again only once nothing refers to it."""
+    from nbce._chunks import row_chunks
+
+    x, t = make_logits(rng, (95, 40), "float16"), rng.integers(0, 40, 95)
+    np.save(tmp_path / "logits.npy", x)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r")
+    kept = list(row_chunks(mapped, t, None, 1, 10))
+    assert len({chunk.logits.ctypes.data for chunk in kept}) == len(kept)
+    np.testing.assert_array_equal(np.concatenate([chunk.logits for chunk in kept]), x)
+    views = []
+    for chunk in row_chunks(mapped, t, None, 1, 10):
+        views.append(chunk.logits[::2, 3:])  # a view keeps its chunk's memory
+    np.testing.assert_array_equal(np.concatenate(views), np.concatenate([x[i:i + 10][::2, 3:] for i in range(0, 95, 10)]))
+
+
 @pytest.mark.parametrize("layout", ["class_axis_first", "fortran"])
 def test_strided_chunks_of_a_mapped_file_are_read_run_by_run(tmp_path, rng, monkeypatch, layout):
     """Chunks that are not one byte range are read with pread: in memory,
