@@ -288,6 +288,13 @@ def _references(buffers, i):
     return sys.getrefcount(buffers[i])
 
 
+def _idle_references():
+    """What ``_references`` counts for an array that only its list refers to:
+    measured at each use, by the same code, rather than assumed (an
+    interpreter may count a reference passed to ``getrefcount`` differently)."""
+    return _references([np.empty(0, np.uint8)], 0)
+
+
 class _Buffers:
     """Memory for the chunks read with ``pread``, handed out again once nothing
     refers to it any more.
@@ -295,27 +302,31 @@ class _Buffers:
     A fresh array per chunk costs its page faults on every chunk (reading
     64 MiB chunks of a 1 GB file from the page cache: 8.3 GB/s into fresh
     arrays, 14.3 GB/s into reused ones).  A buffer is reused only when its
-    reference count is back to what it was when nothing viewed it: a chunk
-    the caller still holds (a list of chunks, a chunk being copied to a GPU)
-    keeps its memory, and the next chunk gets other memory.
+    reference count is that of an array only the pool refers to (every view
+    of an array holds a reference to it): a chunk the caller still holds (a
+    list of chunks, a view of one, a chunk being copied to a GPU) keeps its
+    memory, and the next chunk gets other memory.  A consumer that keeps
+    only a raw pointer to a chunk (its address, without the array) holds no
+    reference: like freed memory before, the pool's may then hold other data.
     """
 
-    KEEP = 3  # the chunk being read, the one before it (the caller's until it asks for the next), one more
+    # The chunk being read, the one before it (the caller's until it asks for
+    # the next), the first chunk (``evaluate`` holds it to the end), and one
+    # more for a target and a weight read from the same file.
+    KEEP = 4
 
     def __init__(self):
         self._buffers = []
-        self._idle = None  # the reference count of a buffer nothing views
 
     def take(self, nbytes):
         """``nbytes`` bytes (a uint8 array) that no earlier chunk still uses."""
+        idle = _idle_references()
         for i in range(len(self._buffers)):
-            if self._buffers[i].size >= nbytes and _references(self._buffers, i) <= self._idle:
+            if self._buffers[i].size >= nbytes and _references(self._buffers, i) <= idle:
                 return self._buffers[i][:nbytes]
         if len(self._buffers) >= self.KEEP:
             return np.empty(nbytes, np.uint8)
         self._buffers.append(np.empty(nbytes, np.uint8))
-        if self._idle is None:  # counted as ``take`` counts it, no view of it anywhere yet
-            self._idle = _references(self._buffers, len(self._buffers) - 1)
         return self._buffers[-1][:nbytes]
 
 

@@ -193,7 +193,7 @@ def test_chunks_read_one_after_another_reuse_their_memory(tmp_path, rng, monkeyp
         np.testing.assert_array_equal(chunk.logits, x[chunk.first_row:chunk.first_row + 10])
         addresses.append(chunk.logits.ctypes.data)
     assert len(addresses) == 12 and len(set(addresses)) == 2
-    assert allocated == [10 * 50 * 4] * 2  # two buffers for twelve chunks
+    assert [n for n in allocated if n] == [10 * 50 * 4] * 2  # two buffers for twelve chunks
 
 
 def test_chunks_a_caller_keeps_are_not_overwritten(tmp_path, rng):
