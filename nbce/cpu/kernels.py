@@ -1,5 +1,5 @@
-"""The CPU kernels: ``prange`` over fixed groups of consecutive rows (see
-``rows_per_group``), one serial streaming pass per long row, rows of one
+"""The CPU kernels: ``prange`` over runs of fixed groups of consecutive rows
+(see ``group_plan``), one serial streaming pass per long row, rows of one
 block four at a time (the element-wise binary losses: over fixed chunks of
 elements, see ``_binary``).
 
@@ -73,9 +73,10 @@ def load_row_at(base, start, step, n):
     return row
 
 
-# A task of the row kernels is a group of consecutive rows, so that short rows
-# share the per-task costs and the logarithms of their statistics run as one
-# vector loop (``_rows.log_stats_table``).  Rows of at most ``BLOCK`` entries
+# The row kernels work a group of consecutive rows at a time, so that short
+# rows share the per-group costs and the logarithms of their statistics run as
+# one vector loop (``_rows.log_stats_table``); a task is a run of groups with
+# scratch tables of its own (``group_plan``, ``span_scratch``).  Rows of at most ``BLOCK`` entries
 # are read four at a time (``_rows.short_rows_sums``), longer ones one by one
 # (``_rows.row_sums``).  Up to MID_ROW entries a group takes about
 # GROUP_ELEMENTS entries, at least GROUP_ROWS rows (MAX_GROUP_ROWS at most),
@@ -123,23 +124,55 @@ def n_groups(n_rows, size):
 
 
 @njit(**JIT_OPTIONS)
-def group_scratch(g, size, n_rows, n_classes):
-    """(first row, picks, starts, sums, logs) of group ``g``; see ``group_stats``.
-    The tables are ``count`` columns wide rounded up to a multiple of
-    ``TABLE_STEP`` (their table is the only loop across rows), one for groups
-    of one row (long rows: every row is then in the same place)."""
-    first = np.int64(g) * size
-    count = min(size, n_rows - first)
-    index = np.empty((2, count), np.int64)
-    width = count if size == 1 else (count + TABLE_STEP - 1) // TABLE_STEP * TABLE_STEP
-    return first, index[0], index[1], np.empty((N_SUMS, width), np.float64), np.empty((N_LOGS, width), np.float64)
+def group_plan(n_classes, n_rows, n_tasks):
+    """(rows a group, groups, runs) of a row kernel: its parallel iterations
+    are ``n_tasks`` runs of consecutive groups (fewer when there are fewer
+    groups), each with scratch of its own (``span_scratch``)."""
+    size = rows_per_group(n_classes, n_rows, n_tasks)
+    groups = n_groups(n_rows, size)
+    return size, groups, max(1, min(groups, n_tasks))
 
 
 @njit(**JIT_OPTIONS)
-def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, starts, sums, logs):
+def span_groups(s, spans, groups):
+    """The groups of run ``s`` of ``spans``: a range of consecutive group numbers."""
+    return range(np.int64(s) * groups // spans, (np.int64(s) + 1) * groups // spans)
+
+
+@njit(**JIT_OPTIONS)
+def span_scratch(size, n_classes):
+    """The scratch tables of one run of groups of ``size`` rows, allocated once
+    per run and lent to each of its groups (``group_scratch``): an allocation
+    per group cost 2-3 ns a row of 32 entries (one thread, rows in cache, of
+    about 22).  The tables are as wide as ``size`` rounded up to a multiple of
+    ``TABLE_STEP``, one column for groups of one row."""
+    width = 1 if size == 1 else (size + TABLE_STEP - 1) // TABLE_STEP * TABLE_STEP
+    return np.empty((3, size), np.int64), np.empty(N_SUMS * width, np.float64), np.empty(N_LOGS * width, np.float64)
+
+
+@njit(**JIT_OPTIONS)
+def group_scratch(scratch, g, size, n_rows):
+    """(first row, picks, starts, order, sums, logs) of group ``g``: views of a
+    run's ``span_scratch``; see ``group_stats``.  The tables are ``count``
+    columns wide rounded up to a multiple of ``TABLE_STEP`` (their table is
+    the only loop across rows), one for groups of one row (long rows: every
+    row is then in the same place).  The tables are reshaped from flat
+    memory: a slice of a wider table would be a strided array, whose loops
+    over columns stay scalar (25 % slower on rows of 32 to 100 entries)."""
+    index, sums, logs = scratch
+    first = np.int64(g) * size
+    count = min(size, n_rows - first)
+    width = count if size == 1 else (count + TABLE_STEP - 1) // TABLE_STEP * TABLE_STEP
+    return (first, index[0, :count], index[1, :count], index[2, :count],
+            sums[:N_SUMS * width].reshape((N_SUMS, width)), logs[:N_LOGS * width].reshape((N_LOGS, width)))
+
+
+@njit(**JIT_OPTIONS)
+def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, starts, order, sums, logs):
     """The statistics of rows first, first + 1, ... (one per entry of ``picks``)
     into the columns of ``sums`` and ``logs`` (see ``_rows.log_stats_table``)
-    and their offsets into ``starts``.  Row i is read when picks[i] >= 0, and ``above``
+    and their offsets into ``starts`` (``order``: scratch of the same size,
+    the places of the rows read).  Row i is read when picks[i] >= 0, and ``above``
     then counts its entries greater than entry picks[i] (``count_above``);
     a row not read, and the columns past the rows, get c = log s = 0.  Rows
     of at most ``BLOCK`` entries are read four at a time
@@ -157,10 +190,11 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     read = 0
     for i in range(count):
         starts[i] = row_offset(geom, first + i)
+        order[read] = i
         read += 1 if picks[i] >= 0 else 0
     one_block = n_classes <= BLOCK
     if one_block and read > 0:
-        _one_block_rows(base, starts, step, n_classes, picks, read, with_entropy, count_above, sums)
+        _one_block_rows(base, starts, step, n_classes, picks, order[:read], with_entropy, count_above, sums)
     for i in range(width):
         if i >= count or picks[i] < 0:
             shift, ones, rest, moment, top, above = 0.0, 1.0, 0.0, 0.0, 0.0, 0
@@ -175,20 +209,12 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
 
 
 @njit(**JIT_OPTIONS)
-def _one_block_rows(base, starts, step, n_classes, picks, read, with_entropy, count_above, sums):
-    """The sums of the ``read`` rows with picks[i] >= 0 (of at most ``BLOCK``
-    entries) into the columns of ``sums``, ROWS_AT_ONCE at a time
-    (``_rows.short_rows_sums``); the last places of the last call repeat the
-    last row, which leaves every row's sums as they would be beside others."""
-    if read == picks.size:  # every row is read: no list of rows to go through
-        order = np.arange(read)
-    else:
-        order = np.empty(read, np.int64)
-        k = 0
-        for i in range(picks.size):
-            if picks[i] >= 0:
-                order[k] = i
-                k += 1
+def _one_block_rows(base, starts, step, n_classes, picks, order, with_entropy, count_above, sums):
+    """The sums of the rows at places ``order`` (those with picks[i] >= 0, of at
+    most ``BLOCK`` entries) into the columns of ``sums``, ROWS_AT_ONCE at a
+    time (``_rows.short_rows_sums``); the last places of the last call repeat
+    the last row, which leaves every row's sums as they would be beside others."""
+    read = order.size
     if step == 1:
         _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count_above, sums)
         return
@@ -262,33 +288,35 @@ def _is_class(t, n_classes):
 
 
 @njit(**JIT_OPTIONS)
-def target_group(base, geom, n_classes, g, size, n_rows, target, ignore_index, readable, read, with_entropy,
+def target_group(base, geom, n_classes, scratch, g, size, n_rows, target, ignore_index, readable, read, with_entropy,
                  count_above):
     """``group_stats`` of group ``g`` of rows with class-index targets, reading
     (when ``read``) the rows whose target is neither ``ignore_index`` nor
     outside [0, readable); returns (first row, starts, sums, logs)."""
-    first, picks, starts, sums, logs = group_scratch(g, size, n_rows, n_classes)
+    first, picks, starts, order, sums, logs = group_scratch(scratch, g, size, n_rows)
     for i in range(picks.size):
         t = target[first + i]
         picks[i] = t if read and t != ignore_index and _is_class(t, readable) else -1
-    group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, starts, sums, logs)
+    group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, starts, order, sums, logs)
     return first, starts, sums, logs
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out, n_tasks):
     """Per row: logsumexp, and the softmax entropy when ``with_entropy``."""
-    size = rows_per_group(n_classes, lse_out.size, n_tasks)
-    for g in prange(n_groups(lse_out.size, size)):
-        first, picks, starts, sums, logs = group_scratch(g, size, lse_out.size, n_classes)
-        picks[:] = 0
-        if with_entropy:  # constant flags from here on (see ``group_stats``)
-            group_stats(base, geom, n_classes, first, picks, True, False, starts, sums, logs)
-        else:
-            group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
-        for i in range(picks.size):
-            lse_out[first + i] = logsumexp_of(logs[LOG_SHIFT, i], logs[LOG_TOTAL, i])
-            entropy_out[first + i] = logs[ENTROPY, i]
+    size, groups, spans = group_plan(n_classes, lse_out.size, n_tasks)
+    for span in prange(spans):
+        scratch = span_scratch(size, n_classes)
+        for g in span_groups(span, spans, groups):
+            first, picks, starts, order, sums, logs = group_scratch(scratch, g, size, lse_out.size)
+            picks[:] = 0
+            if with_entropy:  # constant flags from here on (see ``group_stats``)
+                group_stats(base, geom, n_classes, first, picks, True, False, starts, order, sums, logs)
+            else:
+                group_stats(base, geom, n_classes, first, picks, False, False, starts, order, sums, logs)
+            for i in range(picks.size):
+                lse_out[first + i] = logsumexp_of(logs[LOG_SHIFT, i], logs[LOG_TOTAL, i])
+                entropy_out[first + i] = logs[ENTROPY, i]
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
@@ -302,27 +330,29 @@ def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom, in_p
     output pass reads it through ``out_base``."""
     step, out_step = geom[0], out_geom[0]
     n_rows = _row_count(out_geom)
-    size = rows_per_group(n_classes, n_rows, n_tasks)
-    for g in prange(n_groups(n_rows, size)):
-        first, picks, starts, sums, logs = group_scratch(g, size, n_rows, n_classes)
-        picks[:] = 0
-        group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
-        for i in range(picks.size):
-            shift, log_total = logs[LOG_SHIFT, i], logs[LOG_TOTAL, i]
-            start = row_offset(out_geom, first + i)
-            # One call per layout: unit strides keep their own (vectorized)
-            # compilation, in place one array read and written, instead of
-            # sharing the strided one.
-            if in_place and out_step == 1:
-                _write_row(out_base, start, n_classes, shift, log_total, exponentiate, out_base, start)
-            elif in_place:
-                row = out_base[start:start + (n_classes - 1) * out_step + 1:out_step]
-                _write_row(row, 0, n_classes, shift, log_total, exponentiate, row, 0)
-            elif step == 1 and out_step == 1:
-                _write_row(base, starts[i], n_classes, shift, log_total, exponentiate, out_base, start)
-            else:
-                _write_row(load_row_at(base, starts[i], step, n_classes), 0, n_classes, shift, log_total, exponentiate,
-                           out_base[start:start + (n_classes - 1) * out_step + 1:out_step], 0)
+    size, groups, spans = group_plan(n_classes, n_rows, n_tasks)
+    for span in prange(spans):
+        scratch = span_scratch(size, n_classes)
+        for g in span_groups(span, spans, groups):
+            first, picks, starts, order, sums, logs = group_scratch(scratch, g, size, n_rows)
+            picks[:] = 0
+            group_stats(base, geom, n_classes, first, picks, False, False, starts, order, sums, logs)
+            for i in range(picks.size):
+                shift, log_total = logs[LOG_SHIFT, i], logs[LOG_TOTAL, i]
+                start = row_offset(out_geom, first + i)
+                # One call per layout: unit strides keep their own (vectorized)
+                # compilation, in place one array read and written, instead of
+                # sharing the strided one.
+                if in_place and out_step == 1:
+                    _write_row(out_base, start, n_classes, shift, log_total, exponentiate, out_base, start)
+                elif in_place:
+                    row = out_base[start:start + (n_classes - 1) * out_step + 1:out_step]
+                    _write_row(row, 0, n_classes, shift, log_total, exponentiate, row, 0)
+                elif step == 1 and out_step == 1:
+                    _write_row(base, starts[i], n_classes, shift, log_total, exponentiate, out_base, start)
+                else:
+                    _write_row(load_row_at(base, starts[i], step, n_classes), 0, n_classes, shift, log_total,
+                               exponentiate, out_base[start:start + (n_classes - 1) * out_step + 1:out_step], 0)
 
 
 @njit(inline="always", **ELEMENTWISE_JIT_OPTIONS)
@@ -363,29 +393,31 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
     spread = smoothing / n_classes
     readable = n_classes if weight.size >= n_classes else 0
     step = geom[0]
-    size = rows_per_group(n_classes, loss_out.size, n_tasks)
-    for g in prange(n_groups(loss_out.size, size)):
-        first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
-                                                 readable, input_type == LOGITS, False, False)
-        for i in range(starts.size):
-            r = first + i
-            t = target[r]
-            if t == ignore_index:
-                loss_out[r] = 0.0
-                weight_out[r] = 0.0
-                continue
-            if not _is_class(t, readable):
-                loss_out[r] = np.nan
-                weight_out[r] = np.nan
-                continue
-            shift, log_total = logs[LOG_SHIFT, i], logs[LOG_TOTAL, i]
-            w = weight[t]
-            loss = -keep * w * log_prob(widen(base[starts[i] + t * step]), shift, log_total, input_type)
-            if smoothing > 0.0:
-                row = load_row_at(base, starts[i], step, n_classes)
-                loss -= spread * weighted_log_prob_sum(row, weight, shift, log_total, input_type)
-            loss_out[r] = loss
-            weight_out[r] = w
+    size, groups, spans = group_plan(n_classes, loss_out.size, n_tasks)
+    for span in prange(spans):
+        scratch = span_scratch(size, n_classes)
+        for g in span_groups(span, spans, groups):
+            first, starts, sums, logs = target_group(base, geom, n_classes, scratch, g, size, loss_out.size, target,
+                                                     ignore_index, readable, input_type == LOGITS, False, False)
+            for i in range(starts.size):
+                r = first + i
+                t = target[r]
+                if t == ignore_index:
+                    loss_out[r] = 0.0
+                    weight_out[r] = 0.0
+                    continue
+                if not _is_class(t, readable):
+                    loss_out[r] = np.nan
+                    weight_out[r] = np.nan
+                    continue
+                shift, log_total = logs[LOG_SHIFT, i], logs[LOG_TOTAL, i]
+                w = weight[t]
+                loss = -keep * w * log_prob(widen(base[starts[i] + t * step]), shift, log_total, input_type)
+                if smoothing > 0.0:
+                    row = load_row_at(base, starts[i], step, n_classes)
+                    loss -= spread * weighted_log_prob_sum(row, weight, shift, log_total, input_type)
+                loss_out[r] = loss
+                weight_out[r] = w
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
@@ -393,16 +425,18 @@ def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, i
     """Cross-entropy with class probabilities: loss_r = -sum_c w[c] y'_rc log p_rc."""
     t_step = t_geom[0]
     step = geom[0]
-    size = rows_per_group(n_classes, loss_out.size, n_tasks)
-    for g in prange(n_groups(loss_out.size, size)):
-        first, picks, starts, sums, logs = group_scratch(g, size, loss_out.size, n_classes)
-        picks[:] = 0 if input_type == LOGITS else -1
-        group_stats(base, geom, n_classes, first, picks, False, False, starts, sums, logs)
-        for i in range(picks.size):
-            r = first + i
-            row = load_row_at(base, starts[i], step, n_classes)
-            loss_out[r] = -soft_target_sum(row, t_base, row_offset(t_geom, r), t_step, weight, smoothing,
-                                           logs[LOG_SHIFT, i], logs[LOG_TOTAL, i], input_type)
+    size, groups, spans = group_plan(n_classes, loss_out.size, n_tasks)
+    for span in prange(spans):
+        scratch = span_scratch(size, n_classes)
+        for g in span_groups(span, spans, groups):
+            first, picks, starts, order, sums, logs = group_scratch(scratch, g, size, loss_out.size)
+            picks[:] = 0 if input_type == LOGITS else -1
+            group_stats(base, geom, n_classes, first, picks, False, False, starts, order, sums, logs)
+            for i in range(picks.size):
+                r = first + i
+                row = load_row_at(base, starts[i], step, n_classes)
+                loss_out[r] = -soft_target_sum(row, t_base, row_offset(t_geom, r), t_step, weight, smoothing,
+                                               logs[LOG_SHIFT, i], logs[LOG_TOTAL, i], input_type)
 
 
 @njit(**ELEMENTWISE_PARALLEL_JIT_OPTIONS)
@@ -421,28 +455,30 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
     rank ``UNDEFINED_ROW`` and NaN statistics.
     """
     step = geom[0]
-    size = rows_per_group(n_classes, loss_out.size, n_tasks)
-    for g in prange(n_groups(loss_out.size, size)):
-        first, starts, sums, logs = target_group(base, geom, n_classes, g, size, loss_out.size, target, ignore_index,
-                                                 n_classes, True, True, True)
-        for i in range(starts.size):
-            r = first + i
-            t = target[r]
-            if t == ignore_index:
-                rank_out[r] = IGNORED_ROW
-                loss_out[r] = 0.0
-                entropy_out[r] = 0.0
-                confidence_out[r] = 0.0
-                continue
-            if not _is_class(t, n_classes):
-                rank_out[r] = UNDEFINED_ROW
-                loss_out[r] = entropy_out[r] = confidence_out[r] = np.nan
-                continue
-            shift = logs[LOG_SHIFT, i]
-            loss_out[r] = -log_softmax_entry(widen(base[starts[i] + t * step]), shift, logs[LOG_TOTAL, i])
-            rank_out[r] = np.int64(sums[ABOVE, i]) if shift == shift else UNDEFINED_ROW
-            entropy_out[r] = logs[ENTROPY, i]
-            confidence_out[r] = logs[CONFIDENCE, i]
+    size, groups, spans = group_plan(n_classes, loss_out.size, n_tasks)
+    for span in prange(spans):
+        scratch = span_scratch(size, n_classes)
+        for g in span_groups(span, spans, groups):
+            first, starts, sums, logs = target_group(base, geom, n_classes, scratch, g, size, loss_out.size, target,
+                                                     ignore_index, n_classes, True, True, True)
+            for i in range(starts.size):
+                r = first + i
+                t = target[r]
+                if t == ignore_index:
+                    rank_out[r] = IGNORED_ROW
+                    loss_out[r] = 0.0
+                    entropy_out[r] = 0.0
+                    confidence_out[r] = 0.0
+                    continue
+                if not _is_class(t, n_classes):
+                    rank_out[r] = UNDEFINED_ROW
+                    loss_out[r] = entropy_out[r] = confidence_out[r] = np.nan
+                    continue
+                shift = logs[LOG_SHIFT, i]
+                loss_out[r] = -log_softmax_entry(widen(base[starts[i] + t * step]), shift, logs[LOG_TOTAL, i])
+                rank_out[r] = np.int64(sums[ABOVE, i]) if shift == shift else UNDEFINED_ROW
+                entropy_out[r] = logs[ENTROPY, i]
+                confidence_out[r] = logs[CONFIDENCE, i]
 
 
 @njit(**JIT_OPTIONS)
