@@ -192,8 +192,8 @@ def test_confident_prediction_keeps_relative_accuracy():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_long_rows_with_late_maxima_and_ties(dtype):
-    # Rows of several 2048-element blocks: the maximum first appears late,
-    # ties across blocks, and grows in every block.
+    # Rows streamed over many blocks (longer than BLOCK): the maximum first
+    # appears late, ties across blocks, and grows in every block.
     n = 3 * 2048 + 5
     x = np.zeros((4, n), dtype)
     x[0, 5000] = 25.0
@@ -206,3 +206,28 @@ def test_long_rows_with_late_maxima_and_ties(dtype):
     expected = ref.cross_entropy(x, t, reduction="none")
     np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == "float32" else 1e-13)
     np.testing.assert_allclose(nbce.entropy(x), ref.entropy(x), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_long_rows_with_maxima_at_the_edges_of_stream_blocks(dtype):
+    # A row longer than BLOCK is streamed STREAM_BLOCK entries at a time: a
+    # maximum on either side of a block edge and in the short last block, and
+    # one rising at every entry (with ties), against the float64 reference.
+    from nbce._config import BLOCK, STREAM_BLOCK
+
+    n = BLOCK + STREAM_BLOCK + 3
+    places = [0, STREAM_BLOCK - 1, STREAM_BLOCK, 3 * STREAM_BLOCK - 1, 3 * STREAM_BLOCK, n - 3, n - 1]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((len(places) + 1, n)).astype(dtype)
+    for row, place in enumerate(places):
+        x[row, place] = 12.0
+    x[-1] = np.repeat(np.arange((n + 1) // 2) * (16.0 / n), 2)[:n]  # rises every other entry, ties between
+    t = np.array(places + [n - 1])
+    rtol = 1e-13 if dtype == "float64" else 2e-6
+    expected = ref.cross_entropy(x, t, reduction="none")
+    np.testing.assert_allclose(nbce.cross_entropy(x, t, reduction="none"), expected, rtol=rtol)
+    np.testing.assert_allclose(nbce.logsumexp(x), ref.logsumexp(x), rtol=rtol)
+    np.testing.assert_allclose(nbce.entropy(x), ref.entropy(x), rtol=1e-5)
+    result = nbce.evaluate(x, t)
+    np.testing.assert_allclose(result.loss, expected.mean(), rtol=rtol)
+    assert result.accuracy[1] == np.mean(np.argmax(x, axis=1) == t)

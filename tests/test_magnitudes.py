@@ -150,8 +150,9 @@ def test_equal_rows_give_log_c_for_every_huge_magnitude():
 @pytest.mark.parametrize("dtype,magnitude", [("float64", 1e20), ("float64", -1e300), ("float32", 3.4e38),
                                              ("float32", -1e16)])
 def test_long_rows_of_equal_huge_logits(dtype, magnitude):
-    # Several 2048-element blocks, so the vector loops and the block merge
-    # run: every log-probability is -log C, whichever function forms it.
+    # Rows streamed over many blocks (longer than BLOCK), so the vector loops
+    # and the block merge run: every log-probability is -log C, whichever
+    # function forms it.
     n = 2 * 2048 + 7
     x = np.full((3, n), magnitude, dtype)
     log_c = math.log(n)

@@ -20,9 +20,10 @@ M >= 1e20), while x_j - c is exact near the maximum.  The terms equal to 1
 log s = log(ones) + log1p(rest / ones) keeps a tiny confident loss such as
 1e-30 instead of rounding 1 + 1e-30 to 1.
 
-A block below the running maximum is summed in the same read that finds its
-extrema; the first block, and any block that reaches the maximum, is read a
-second time from L1 once its maximum is known.
+Rows longer than ``BLOCK`` are streamed in blocks of ``STREAM_BLOCK``
+entries.  A block below the running maximum is summed in the same read that
+finds its extrema; the first block, and any block that reaches the maximum,
+is read a second time from L1 once its maximum is known.
 
 Block sums run in the compute type (float32 for float32 and half inputs) over
 at most ``BLOCK`` terms each no larger than 1; blocks are merged in float64,
@@ -37,7 +38,7 @@ vector loop (``log_stats_table``).
 import numpy as np
 from numba import njit
 
-from .._config import BLOCK, ELEMENTWISE_JIT_OPTIONS, JIT_OPTIONS
+from .._config import ELEMENTWISE_JIT_OPTIONS, JIT_OPTIONS, STREAM_BLOCK
 from ._bits import cast_like, key_to_float, order_key, widen
 from ._exp import exp_term, vexp
 from ._log import log1p_unit, vlog
@@ -303,10 +304,10 @@ def row_sums(row, with_entropy, count_above, pivot):
     rest = 0.0  # the other terms
     moment = 0.0
     above = 0
-    for lo in range(0, row.size, BLOCK):
+    for lo in range(0, row.size, STREAM_BLOCK):
         # Index loops from 0 over a slice: a loop from `lo` makes numba
         # guard every index against wraparound, which defeats vectorization.
-        block = row[lo:lo + BLOCK]
+        block = row[lo:lo + STREAM_BLOCK]
         finite = -np.inf < running_max < np.inf
         if finite:
             # Common case first: one read that sums (and forms the entropy's
