@@ -76,16 +76,17 @@ def load_row_at(base, start, step, n):
 # The row kernels work a group of consecutive rows at a time, so that short
 # rows share the per-group costs and the logarithms of their statistics run as
 # one vector loop (``_rows.log_stats_table``); a task is a run of groups with
-# scratch tables of its own (``group_plan``, ``span_scratch``).  Rows of at most ``BLOCK`` entries
-# are read four at a time (``_rows.short_rows_sums``), longer ones one by one
-# (``_rows.row_sums``).  Up to MID_ROW entries a group takes about
-# GROUP_ELEMENTS entries, at least GROUP_ROWS rows (MAX_GROUP_ROWS at most),
-# fewer (at least MIN_GROUP) only to make ``n_tasks`` tasks of a small batch
-# (the caller's number, ``nbce._threads.n_tasks``: a few per thread).  A
-# group's own costs, its scratch arrays and tables, are a few hundred
-# nanoseconds: groups of 2 rows made a 512x100 cross_entropy take 71 us,
-# groups of 16 take 44, and 128 tasks for 4096 rows of 100 classes on two
-# threads cost 15 % more than 32.  Its tables are as wide as its rows rounded
+# scratch tables of its own (``group_plan``, ``span_scratch``).  Rows of at
+# most ``BLOCK`` entries are read four at a time (``_rows.short_rows_sums``),
+# longer ones one by one (``_rows.row_sums``).  Up to MID_ROW entries a
+# group takes about GROUP_ELEMENTS entries, at least GROUP_ROWS rows
+# (MAX_GROUP_ROWS at most), fewer (at least MIN_GROUP) only to make
+# ``n_tasks`` tasks of a small batch (the caller's number,
+# ``nbce._threads.n_tasks``: a few per thread).  A group's own costs (its
+# tables, and then also their allocation) were a few hundred nanoseconds:
+# groups of 2 rows made a 512x100 cross_entropy take 71 us, groups of 16
+# take 44, and 128 tasks for 4096 rows of 100 classes on two threads cost
+# 15 % more than 32.  Its tables are as wide as its rows rounded
 # up to ``_rows.TABLE_STEP``; beyond MID_ROW a group is one row (a table of
 # one column).  A row's arithmetic does not depend on its group's size or
 # its place in it, and the split between one-row groups and the others
@@ -142,10 +143,11 @@ def span_groups(s, spans, groups):
 @njit(**JIT_OPTIONS)
 def span_scratch(size, n_classes):
     """The scratch tables of one run of groups of ``size`` rows, allocated once
-    per run and lent to each of its groups (``group_scratch``): an allocation
-    per group cost 2-3 ns a row of 32 entries (one thread, rows in cache, of
-    about 22).  The tables are as wide as ``size`` rounded up to a multiple of
-    ``TABLE_STEP``, one column for groups of one row."""
+    per run and lent to each of its groups (``group_scratch``).  Allocations
+    per group cost rows of 32 entries about 1 ns of 24 (8192x32 logsumexp, one
+    thread, rows in cache: 23.5-24.3 -> 23.2-23.3 ns a row; evaluate
+    52.8-53.1 -> 49.5-51.4).  The tables are as wide as ``size`` rounded up to
+    a multiple of ``TABLE_STEP``, one column for groups of one row."""
     width = 1 if size == 1 else (size + TABLE_STEP - 1) // TABLE_STEP * TABLE_STEP
     return np.empty((3, size), np.int64), np.empty(N_SUMS * width, np.float64), np.empty(N_LOGS * width, np.float64)
 
