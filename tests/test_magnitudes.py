@@ -167,3 +167,23 @@ def test_long_rows_of_equal_huge_logits(dtype, magnitude):
     y = np.full((3, n), 1 / n)
     np.testing.assert_allclose(nbce.cross_entropy(x, y, reduction="none", label_smoothing=0.1), log_c, rtol=rtol)
     np.testing.assert_allclose(nbce.evaluate(x, t).loss, log_c, rtol=rtol)
+
+
+@pytest.mark.parametrize("masked", [255, 256, 2047, 2048])
+def test_long_float64_rows_masked_with_the_lowest_float(masked):
+    # Entries at finfo.min (a common mask) before the rest of a long row: the
+    # merge that rescales the blocks before a rise of ~1.8e308 drops their
+    # terms, and with them their share of the entropy's moment (not NaN).
+    n = 4096
+    x = np.zeros((2, n))
+    x[:, :masked] = np.finfo(np.float64).min
+    x[0, 300 if masked < 300 else n - 5] = 1.0
+    t = np.array([300 if masked < 300 else n - 5, n - 1])
+    live = x[:, masked:]
+    p = np.exp(live - live.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(axis=1)
+    np.testing.assert_allclose(nbce.entropy(x), entropy, rtol=1e-13)
+    np.testing.assert_allclose(nbce.evaluate(x, t).entropy, entropy.mean(), rtol=1e-13)
+    expected = -np.log(p[np.arange(2), t - masked])
+    np.testing.assert_allclose(nbce.cross_entropy(x, t, reduction="none"), expected, rtol=1e-13)

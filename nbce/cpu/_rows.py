@@ -342,7 +342,10 @@ def row_sums(row, with_entropy, count_above, pivot):
             if total != 0.0:
                 delta = shift - new_shift
                 scale = np.exp(delta)
-                moment = scale * (moment + total * delta)
+                # The terms scaled to 0 take their moment with them: total *
+                # delta alone can overflow to -inf (float64 rows spanning
+                # -1.8e308 .. 1.8e308), and 0 * -inf would be NaN.
+                moment = scale * moment + (total * scale) * delta if scale > 0.0 else 0.0
                 rest = total * scale
                 ones = 0.0
             running_max = new_max
