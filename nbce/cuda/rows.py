@@ -201,8 +201,8 @@ def row_kernels(p):
                 if s != 0.0:
                     d = np.float64(m) - np.float64(top)
                     scale = np.float64(exp_to(compute(d)))
-                    if entropy_on:
-                        t = scale * (t + s * d)
+                    if entropy_on:  # terms scaled to 0 drop their moment (s * d alone may be -inf)
+                        t = scale * t + (s * scale) * d if scale > 0.0 else 0.0
                     rest = s * scale
                     ones = 0.0
                 if coefficients_on and shifted and w != 0.0:
@@ -258,7 +258,7 @@ def row_kernels(p):
                 if s2 != 0.0:
                     scale = math.exp(d)
                     if entropy_on:
-                        t2 = scale * (t2 + s2 * d)
+                        t2 = scale * t2 + (s2 * scale) * d if scale > 0.0 else 0.0
                     r2 = s2 * scale
                     k2 = 0.0
                 if coefficients_on and shifted and w2 != 0.0:
