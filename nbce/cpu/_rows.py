@@ -21,7 +21,7 @@ log s = log(ones) + log1p(rest / ones) keeps a tiny confident loss such as
 1e-30 instead of rounding 1 + 1e-30 to 1.
 
 Rows longer than ``BLOCK`` are streamed in blocks of ``STREAM_BLOCK``
-entries.  A block below the running maximum is summed in the same read that
+entries, each block prefetching the lines ``STREAM_AHEAD_BYTES`` ahead.  A block below the running maximum is summed in the same read that
 finds its extrema; the first block, and any block that reaches the maximum,
 is read a second time from L1 once its maximum is known.
 
@@ -38,8 +38,8 @@ vector loop (``log_stats_table``).
 import numpy as np
 from numba import njit
 
-from .._config import ELEMENTWISE_JIT_OPTIONS, JIT_OPTIONS, STREAM_BLOCK
-from ._bits import cast_like, key_to_float, order_key, widen
+from .._config import ELEMENTWISE_JIT_OPTIONS, JIT_OPTIONS, STREAM_AHEAD_BYTES, STREAM_BLOCK
+from ._bits import cast_like, key_to_float, order_key, prefetch, widen
 from ._exp import exp_term, vexp
 from ._log import log1p_unit, vlog
 
@@ -304,7 +304,13 @@ def row_sums(row, with_entropy, count_above, pivot):
     rest = 0.0  # the other terms
     moment = 0.0
     above = 0
+    line = 64 // row.itemsize  # entries a cache line
+    ahead = STREAM_AHEAD_BYTES // row.itemsize
     for lo in range(0, row.size, STREAM_BLOCK):
+        # The lines of the block read STREAM_AHEAD_BYTES from here, asked for
+        # now (see ``_config``): the read overlaps this block's arithmetic.
+        for j in range(lo + ahead, min(lo + ahead + STREAM_BLOCK, row.size), line):
+            prefetch(row, j)
         # Index loops from 0 over a slice: a loop from `lo` makes numba
         # guard every index against wraparound, which defeats vectorization.
         block = row[lo:lo + STREAM_BLOCK]
