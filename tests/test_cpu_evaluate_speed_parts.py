@@ -68,11 +68,7 @@ def _per_row(rng, n):
     return (loss, rank, entropy, confidence), weight
 
 
-@pytest.mark.parametrize("n", [0, 1, 100, _tally.PARALLEL_ROWS, 3 * _tally.PARALLEL_ROWS + 5])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_tally_jobs_equal_the_row_by_row_loop(rng, n, weighted):
-    per_row, weight = _per_row(rng, n)
-    weight = weight if weighted else np.empty(0)
+def _tally_equals_the_row_by_row_loop(per_row, weight, weighted):
     evaluator = Evaluator(top_k=(1, 3, 10), calibration_bins=15)
     options = (evaluator._top_k_array, evaluator._edges)
     expected, got = _exact.accumulators(evaluator._layout.size), _exact.accumulators(evaluator._layout.size)
@@ -88,6 +84,34 @@ def test_tally_jobs_equal_the_row_by_row_loop(rng, n, weighted):
     if weighted:  # the very same additions in the same order: the same state, bins and pending counts
         for mine, theirs in zip(got, expected):
             np.testing.assert_array_equal(mine.view(np.int64), theirs.view(np.int64))
+
+
+@pytest.mark.parametrize("n", [0, 1, 100, _tally.PARALLEL_ROWS, 3 * _tally.PARALLEL_ROWS + 5])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_tally_jobs_equal_the_row_by_row_loop(rng, n, weighted):
+    per_row, weight = _per_row(rng, n)
+    _tally_equals_the_row_by_row_loop(per_row, weight if weighted else np.empty(0), weighted)
+
+
+def test_unit_bins_over_several_runs_of_fixed_point_sums(rng):
+    # Confidences summed as fixed-point pieces are added to the bins every
+    # UNIT_RUN rows: a chunk of more rows crosses that boundary.
+    per_row, _ = _per_row(rng, _exact.UNIT_RUN + 7)
+    _tally_equals_the_row_by_row_loop(per_row, np.empty(0), False)
+
+
+@pytest.mark.parametrize("odd", [1e-30, 2.0 ** -31 * (1 + 2.0 ** -52), 2.0, np.inf, 5e-324])
+def test_unit_bins_with_confidences_beyond_the_fixed_point_pieces(rng, odd):
+    # A confidence with bits below 2**-83, or outside [0, 2), takes the exact
+    # additions one by one; 2**-31 * (1 + 2**-52) is the smallest with none.
+    per_row, _ = _per_row(rng, 3 * _tally.PARALLEL_ROWS)
+    loss, rank, entropy, confidence = per_row
+    confidence[100] = odd
+    rank[100] = 0
+    row_bin = np.empty(rank.size, np.int64)
+    _tally._row_bins(rank, confidence, _tally.calibration_edges(15), row_bin)
+    assert _tally._fits_unit_pieces(confidence, row_bin) == (odd == 2.0 ** -31 * (1 + 2.0 ** -52))
+    _tally_equals_the_row_by_row_loop(per_row, np.empty(0), False)
 
 
 def test_private_counts_sit_a_cache_line_apart():
