@@ -259,7 +259,7 @@ def add_many(bins, pending, special, i, values, square, labels, skip):
 @njit(**_INLINE_JIT)
 def add_integer(bins, i, q, u):
     """Add q * 2**u (an int64 q, |q| < 2**62) to accumulator ``i``'s bins as two
-    31-bit halves: each of the two bins gains less than 2**31, which the
+    31-bit halves: each of the two bins changes by at most 2**31, which the
     caller counts as part of a run (``end_run``)."""
     j = u + _SHIFT  # bin j weighs 2**(j - _SHIFT)
     bins[i, j] += q & ((1 << _HALF_WORD) - 1)
@@ -270,7 +270,8 @@ def add_integer(bins, i, q, u):
 # 2**UNIT_BITS each, so that the pieces of up to UNIT_RUN values sum below
 # 2**62 in int64, and those sums then go to the bins by ``add_integer``.  The
 # pieces reach down to 2**-83: a value from 2**-31 up has no bits below (a
-# confidence, at least 1 / C, has none for any C below 2**31).
+# confidence, about 1 / C at least, has none for C below 2**31; a chunk
+# holding one that does takes the exact additions one by one).
 UNIT_BITS = 42
 UNIT_CUTS = (1 - UNIT_BITS, 1 - 2 * UNIT_BITS)
 UNIT_RUN = 1 << 20

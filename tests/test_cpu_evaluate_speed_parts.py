@@ -103,7 +103,7 @@ def test_unit_bins_over_several_runs_of_fixed_point_sums(rng):
 @pytest.mark.parametrize("odd", [1e-30, 2.0 ** -31 * (1 + 2.0 ** -52), 2.0, np.inf, 5e-324])
 def test_unit_bins_with_confidences_beyond_the_fixed_point_pieces(rng, odd):
     # A confidence with bits below 2**-83, or outside [0, 2), takes the exact
-    # additions one by one; 2**-31 * (1 + 2**-52) is the smallest with none.
+    # additions one by one; 2**-31 * (1 + 2**-52) fits, its last bit 2**-83.
     per_row, _ = _per_row(rng, 3 * _tally.PARALLEL_ROWS)
     loss, rank, entropy, confidence = per_row
     confidence[100] = odd

@@ -21,9 +21,10 @@ log s = log(ones) + log1p(rest / ones) keeps a tiny confident loss such as
 1e-30 instead of rounding 1 + 1e-30 to 1.
 
 Rows longer than ``BLOCK`` are streamed in blocks of ``STREAM_BLOCK``
-entries, each block prefetching the lines ``STREAM_AHEAD_BYTES`` ahead.  A block below the running maximum is summed in the same read that
-finds its extrema; the first block, and any block that reaches the maximum,
-is read a second time from L1 once its maximum is known.
+entries, each block prefetching the lines ``STREAM_AHEAD_BYTES`` ahead.
+A block below the running maximum is summed in the same read that finds
+its extrema; the first block, and any block that reaches the maximum, is
+read a second time from L1 once its maximum is known.
 
 Block sums run in the compute type (float32 for float32 and half inputs) over
 at most ``BLOCK`` terms each no larger than 1; blocks are merged in float64,
