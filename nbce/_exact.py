@@ -281,12 +281,10 @@ UNIT_RUN = 1 << 20
 def unit_pieces(v):
     """(q1, q2, rest) with v = q1 2**-41 + q2 2**-83 + rest exactly, for
     0 <= v < 2: q1 the bits of v from 2**0 to 2**-41, q2 the next 42 (each
-    step exact, as in ``_cut``, written out here: a call in the caller's loop
-    cost it 40 %), rest 0 unless v has bits below 2**-83."""
-    q1 = np.int64(v * 2.0 ** -UNIT_CUTS[0])
-    v -= np.float64(q1) * 2.0 ** UNIT_CUTS[0]
-    q2 = np.int64(v * 2.0 ** -UNIT_CUTS[1])
-    return q1, q2, v - np.float64(q2) * 2.0 ** UNIT_CUTS[1]
+    step exact, see ``_cut``), rest 0 unless v has bits below 2**-83."""
+    q1, v = _cut(v, 2.0 ** -UNIT_CUTS[0], 2.0 ** UNIT_CUTS[0])
+    q2, v = _cut(v, 2.0 ** -UNIT_CUTS[1], 2.0 ** UNIT_CUTS[1])
+    return q1, q2, v
 
 
 @njit(**_JIT)

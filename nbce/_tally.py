@@ -284,7 +284,7 @@ def _add_unit_pieces(first_bin, rank, confidence, row_bin, table, partials, used
             at = first_bin + _PER_BIN * b + BIN_CONFIDENCE
             add_integer(partials, at, high, UNIT_CUTS[0])
             add_integer(partials, at, low, UNIT_CUTS[1])
-            end_run(partials, used, at)  # each bin gained less than 2**31
+            end_run(partials, used, at)  # each bin changed by at most 2**31
             table[COPIES, b, _TABLE_ROWS] += counted & 0xFFFFFFFF
             table[COPIES, b, _TABLE_CORRECT] += counted >> 32
 
