@@ -100,6 +100,42 @@ def test_statistics_and_losses_match_reference(n_classes, dtype, rng):
 
 
 @pytest.mark.parametrize("n_classes", LENGTHS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_a_nan_of_either_sign_makes_its_row_nan(n_classes, dtype, rng):
+    """A NaN with its sign bit set sorts below -inf, so a row's maximum does
+    not show it: short rows find it in their sums, or, in a row holding +inf
+    (whose sums mean nothing), by reading the row again."""
+    n = n_rows_for(n_classes)
+    x = rng.standard_normal((n, n_classes))
+    negative_nan = np.copysign(np.nan, -1.0)
+    last = n_classes - 1
+    x[0, last] = negative_nan
+    x[1, 0] = np.nan
+    x[2, 0], x[2, last] = np.inf, negative_nan  # one entry when n_classes == 1: NaN
+    x[3], x[3, last // 2] = -np.inf, negative_nan
+    x[4, last] = np.inf  # +inf without a NaN
+    x[5, last], x[5, 0] = np.inf, negative_nan
+    x[6, last], x[6, 0] = np.inf, np.nan
+    x = x.astype(np_dtype(dtype))
+    assert np.signbit(x[0, last]) and np.isnan(x[0, last])
+    nan_rows = [0, 1, 2, 3, 5, 6]
+    t = np.zeros(n, np.int64)
+    lse = nbce.logsumexp(x)
+    assert np.isnan(lse[nan_rows]).all() and lse[4] == np.inf
+    assert np.isnan(nbce.entropy(x)[nan_rows]).all()
+    assert np.isnan(nbce.cross_entropy(x, t, reduction="none")[nan_rows]).all()
+    assert np.isnan(np.asarray(nbce.log_softmax(x), np.float64)[nan_rows]).all()
+    assert np.isnan(np.asarray(nbce.softmax(x), np.float64)[nan_rows]).all()
+    loss, rank, entropy, confidence = row_metrics(as_rows(x, -1), t, -100)
+    assert (rank[nan_rows] == kernels.UNDEFINED_ROW).all()
+    assert np.isnan([loss[nan_rows], entropy[nan_rows], confidence[nan_rows]]).all()
+    keep = np.ones(n, bool)
+    keep[nan_rows + [4]] = False
+    with np.errstate(all="ignore"):
+        close(lse[keep], ref.logsumexp(x)[keep], dtype)
+
+
+@pytest.mark.parametrize("n_classes", LENGTHS)
 @pytest.mark.parametrize("input_type", ["log_probs", "probs"])
 def test_probability_inputs(n_classes, input_type, rng):
     n = n_rows_for(n_classes)

@@ -39,8 +39,8 @@ def _make_exp(dtype, degree, lowest, highest, hi_bits, full_range):
     ``full_range=False``: the cheaper summand of a log-sum-exp, for arguments
     x <= ``highest`` (a row minus its maximum is <= 0): results below the
     normal range flush to 0 (they cannot change a sum that holds a 1), larger
-    arguments give meaningless values, and NaN is *not* propagated (the
-    max pass detects NaN and +inf before any sum).
+    arguments give meaningless values, and NaN gives NaN (a short row's sum
+    is how its NaNs below the maximum are found, ``_rows._finish_row``).
     """
     ln2_hi, ln2_lo = split_ln2(dtype, hi_bits)
     log2e = dtype(1 / math.log(2))
@@ -57,12 +57,12 @@ def _make_exp(dtype, degree, lowest, highest, hi_bits, full_range):
 
     @njit(fastmath=set(ELEMENTWISE_FASTMATH), cache=True)
     def exp_kernel(x):
-        # Clamp first (NaN lands on `lo`) so the integer part stays in range.
-        xc = x if x > lo else lo
-        if full_range:
+        if full_range:  # clamp first (NaN lands on `lo`) so the integer part stays in range
+            xc = x if x > lo else lo
             xc = xc if xc < hi else hi
             n = np.rint(xc * log2e)
-        else:
+        else:  # the same lower clamp, passing NaN on (the selects cost the same)
+            xc = lo if x < lo else x
             shifted = xc * log2e + shifter
             n = shifted - shifter
         r = (xc - n * ln2_hi) - n * ln2_lo
@@ -76,7 +76,7 @@ def _make_exp(dtype, degree, lowest, highest, hi_bits, full_range):
             y = y if x <= hi else inf
             return y if x == x else x
         y = p * biased_exponent_to_power_of_two(shifted)
-        return y if x >= lo else zero
+        return zero if x < lo else y
 
     return exp_kernel
 
