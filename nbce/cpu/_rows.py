@@ -41,7 +41,7 @@ from numba import njit
 
 from .._config import ELEMENTWISE_JIT_OPTIONS, JIT_OPTIONS, STREAM_AHEAD_BYTES, STREAM_BLOCK
 from ._bits import cast_like, key_to_float, order_key, prefetch, widen
-from ._exp import exp_term, vexp
+from ._exp import exp_term, exp_term_keeping_nan, vexp
 from ._log import log1p_unit, vlog
 
 # input_type codes shared with nbce._arrays
@@ -204,10 +204,11 @@ def _max_step(x, state, pivot, count_above, one, zero):
 
 @njit(inline="always", **JIT_OPTIONS)  # a call per entry would keep the loop scalar
 def _sums_step(x, state, shift, with_moment, one, zero):
-    """One entry of ``_block_sums_split`` for one row: state = (ones, rest, moment)."""
+    """One entry of ``_block_sums_split`` for one row: state = (ones, rest, moment);
+    a NaN entry makes ``rest`` NaN (see ``_finish_row``)."""
     ones, rest, moment = state
     d = x - shift
-    e = exp_term(d)
+    e = exp_term_keeping_nan(d)
     rest += e if d != zero else zero
     ones += one if d == zero else zero
     if with_moment:
@@ -237,8 +238,8 @@ def _finish_row(extrema, split, shift, like, base, start, n):
 
     The first pass keeps no minimum: a NaN shows either in the maximum (a
     NaN with the sign bit clear sorts above +inf) or, below a maximum that is
-    not +inf, in ``rest`` (``exp_term`` passes a NaN on, and d = x - c is
-    NaN, not 0).  Only a row holding +inf, whose sums mean nothing, is read
+    not +inf, in ``rest`` (``exp_term_keeping_nan`` passes a NaN on, and
+    d = x - c is NaN, not 0).  Only a row holding +inf, whose sums mean nothing, is read
     once more for a NaN.  Keeping the minimum cost 10 % of a row of 32
     float32 entries.
     """
