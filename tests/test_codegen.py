@@ -141,3 +141,103 @@ def test_four_short_rows_are_summed_in_vectors(dtype):
     asm = _asm(_four_rows_with_every_sum, base, offsets, (pivot,) * 4, options=JIT_OPTIONS)
     assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 24, "the four rows' exponentials did not vectorize"
     assert PACKED_INT_MAX.search(asm), "the four rows' integer-key extrema did not vectorize"
+
+# --- vector width (``nbce.cpu._vectors``) ---------------------------------------
+
+def _host_has_avx512():
+    import llvmlite.binding as ll
+
+    return bool(ll.get_host_cpu_features().get("avx512f", False))
+
+
+def _functions_asking_for_512_bits(llvm_ir):
+    """Names of the functions defined in ``llvm_ir`` whose attributes hold
+    ``"prefer-vector-width"="512"`` and ``noinline``."""
+    from nbce.cpu._vectors import PREFER_512_BITS
+
+    groups = {m.group(1) for m in re.finditer(r"^attributes #(\d+) = \{([^}]*)\}", llvm_ir, re.M)
+              if PREFER_512_BITS in m.group(2) and "noinline" in m.group(2).split()}
+    return {m.group(1) for m in re.finditer(r"^define [^@\n]*@([\w.$]+)\([^\n]*\) [^\n{]*#(\d+)", llvm_ir, re.M)
+            if m.group(2) in groups}
+
+
+def test_a_hot_helper_asks_for_512_bit_vectors():
+    """``wide_vectors()`` gives its function the width attribute (and keeps it
+    from being inlined into a caller compiled without it); where the
+    processor has AVX-512 the loop then runs on 512-bit registers, also on
+    Intel's server chips, for which LLVM otherwise picks 256 bits."""
+    block = np.zeros(2048, np.float32)
+    fresh = njit(**{**JIT_OPTIONS, "cache": False})(_rows._block_sum_exp.py_func)
+    fresh(block, np.float32(0.0))
+    signature = fresh.signatures[0]
+    own = fresh.overloads[signature].fndesc.mangled_name
+    assert own in _functions_asking_for_512_bits(fresh.inspect_llvm(signature))
+    if _host_has_avx512():
+        assert "zmm" in fresh.inspect_asm(signature), "512-bit vectors asked for, not used"
+
+
+def test_a_prange_body_asks_for_512_bit_vectors():
+    """Numba compiles a ``prange`` body as a function of its own: the call in
+    the body reaches it (a call before the loop would not)."""
+    from nbce._config import PARALLEL_JIT_OPTIONS
+    from nbce.cpu import _copy
+
+    fresh = njit(**{**PARALLEL_JIT_OPTIONS, "cache": False})(_copy._copy_rows.py_func)
+    source = np.ones((8, 64), np.float32)
+    fresh(source, np.zeros_like(source))
+    wide = _functions_asking_for_512_bits(fresh.inspect_llvm(fresh.signatures[0]))
+    assert any("parfor_gufunc" in name for name in wide), wide
+
+
+def test_every_prange_body_and_row_helper_asks_for_512_bit_vectors():
+    """A kernel added later cannot forget it: each ``prange`` loop of the CPU
+    backend starts with ``wide_vectors()``, and so does each helper that
+    loops over a block or a row's entries."""
+    import ast
+    import pathlib
+
+    import nbce.cpu
+
+    def starts_with_the_call(body):
+        statements = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        first = statements[0]
+        return (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+                and getattr(first.value.func, "id", None) == "wide_vectors")
+
+    loops = 0
+    for path in pathlib.Path(nbce.cpu.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.For) and isinstance(node.iter, ast.Call)
+                    and getattr(node.iter.func, "id", None) == "prange"):
+                loops += 1
+                assert starts_with_the_call(node.body), f"{path.name}:{node.lineno}: prange body without wide_vectors()"
+    assert loops >= 7
+    helpers = [_rows._block_extrema_above, _rows._block_sum_exp, _rows._block_sum_exp_extrema,
+               _rows._block_sums_moment_extrema, _rows._block_sums_split, _rows._count_above, _rows.row_sums,
+               _rows.log_stats_table, _binary.logits_losses, _binary.probability_losses, _binary.float64_sum]
+    for helper in helpers:
+        tree = ast.parse(__import__("inspect").getsource(helper.py_func))
+        assert starts_with_the_call(tree.body[0].body), helper.__name__
+
+
+@pytest.mark.skipif(not _host_has_avx512(), reason="the processor has no AVX-512")
+def test_the_cross_entropy_kernel_runs_on_512_bit_registers(monkeypatch):
+    import nbce
+    import nbce.cpu as cpu
+
+    launched = {}
+    real_launch = cpu.launch
+
+    def record(kernel, work, *args):
+        launched[kernel.__name__] = (kernel, args)
+        return real_launch(kernel, work, *args)
+
+    monkeypatch.setattr(cpu, "launch", record)
+    logits = np.random.default_rng(0).standard_normal((64, 100), dtype=np.float32)
+    nbce.cross_entropy(logits, np.arange(64) % 100)
+    kernel, args = launched["class_index_rows"]
+    options = {key: value for key, value in kernel.targetoptions.items() if key != "nopython"}
+    fresh = njit(**{**options, "cache": False})(kernel.py_func)
+    fresh(*args)
+    asm = fresh.inspect_asm(fresh.signatures[0])
+    assert asm.count("zmm") > asm.count("ymm"), "the kernel's loops kept 256-bit vectors"

@@ -29,6 +29,7 @@ from ._bits import cast_like, widen
 from ._exp import vexp
 from ._log import log1p_unit, vlog
 from ._rows import LOG_CLAMP
+from ._vectors import wide_vectors
 
 # Elements per chunk: the unit of work of one thread and of one partial sum.
 # Fixed (never derived from the thread count), so results are reproducible.
@@ -109,6 +110,7 @@ def probability_loss(p, y, w):
 @njit(**ELEMENTWISE_JIT_OPTIONS)
 def logits_losses(x, y, w, pw, out):
     """out[k] = the loss of element k (``logits_loss``)."""
+    wide_vectors()
     for k in range(x.size):
         out[k] = logits_loss(widen(x[k]), widen(y[k]), widen(w[k]), widen(pw[k]))
 
@@ -117,6 +119,7 @@ def logits_losses(x, y, w, pw, out):
 def probability_losses(p, y, w, out):
     """out[k] = the loss of element k (``probability_loss``); returns the number
     of probabilities or targets outside [0, 1]."""
+    wide_vectors()
     bad = 0
     for k in range(p.size):
         pk, yk = widen(p[k]), widen(y[k])
@@ -128,6 +131,7 @@ def probability_losses(p, y, w, out):
 @njit(**JIT_OPTIONS)
 def float64_sum(values):
     """sum_k values[k] in float64 (reassociated into vector accumulators)."""
+    wide_vectors()
     total = 0.0
     for k in range(values.size):
         total += np.float64(values[k])
@@ -143,6 +147,7 @@ def block_loss(from_logits, x, y, w, pw, out):
     only), the sum is a reduction (reassociation): flags belong to the loop
     that needs them, and each loop is vector code.
     """
+    wide_vectors()
     bad = 0
     if from_logits:
         logits_losses(x, y, w, pw, out)
@@ -155,6 +160,7 @@ def block_loss(from_logits, x, y, w, pw, out):
 def fill(buffer, n, base, offset, step):
     """buffer[:n] = base[offset + j*step] for j < n; a loop per step kind, so
     the common ones (1, 0) are vector copies and fills."""
+    wide_vectors()
     if step == 1:
         source = base[offset:offset + n]
         for j in range(n):

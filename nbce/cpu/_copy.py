@@ -11,11 +11,13 @@ from numba import njit, prange
 
 from .._config import PARALLEL_JIT_OPTIONS
 from .._threads import launches
+from ._vectors import wide_vectors
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _copy_rows(source, destination):
     for r in prange(source.shape[0]):
+        wide_vectors()  # the loop's body is a function of its own
         for j in range(source.shape[1]):
             destination[r, j] = source[r, j]
 

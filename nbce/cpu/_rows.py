@@ -43,6 +43,7 @@ from .._config import ELEMENTWISE_JIT_OPTIONS, JIT_OPTIONS, STREAM_AHEAD_BYTES, 
 from ._bits import cast_like, key_to_float, order_key, prefetch, widen
 from ._exp import exp_term, exp_term_keeping_nan, vexp
 from ._log import log1p_unit, vlog
+from ._vectors import wide_vectors
 
 # input_type codes shared with nbce._arrays
 LOGITS, LOG_PROBS, PROBS = 0, 1, 2
@@ -68,6 +69,7 @@ def _block_extrema_above(block, count_above, pivot):
     counting apart).  It is exact: a block holds at most ``BLOCK`` <= 2**24
     entries, and integers below 2**24 add exactly in float32 in any order.
     """
+    wide_vectors()
     first = widen(block[0])
     high = order_key(first)
     low = high
@@ -87,6 +89,7 @@ def _block_extrema_above(block, count_above, pivot):
 @njit(**JIT_OPTIONS)
 def _block_sum_exp(block, shift):
     """sum_j exp(x_j - shift) for a block whose maximum is below ``shift``."""
+    wide_vectors()
     total = cast_like(0.0, shift)
     for j in range(block.size):
         total += exp_term(widen(block[j]) - shift)
@@ -100,6 +103,7 @@ def _block_sum_exp_extrema(block, shift):
     The sum is only meaningful when the block's maximum is below ``shift``;
     the caller checks that and otherwise sums again.
     """
+    wide_vectors()
     first = widen(block[0])
     high = order_key(first)
     low = high
@@ -122,6 +126,7 @@ def _block_sums_moment_extrema(block, shift, count_above, pivot):
     The sums are only meaningful when the block's maximum is below ``shift``;
     the caller checks that and otherwise sums again.
     """
+    wide_vectors()
     first = widen(block[0])
     high = order_key(first)
     low = high
@@ -154,6 +159,7 @@ def _block_sums_split(block, shift, with_moment):
     keeps only ~1e-7 of the rest, and for a confident prediction that rest
     *is* the loss (log(1 + rest) ~ rest).
     """
+    wide_vectors()
     zero = cast_like(0.0, shift)
     one = cast_like(1.0, shift)
     rest = zero
@@ -172,6 +178,7 @@ def _block_sums_split(block, shift, with_moment):
 @njit(**JIT_OPTIONS)
 def _count_above(block, pivot):
     """Number of entries strictly greater than ``pivot`` (compare-and-add: vectorizes)."""
+    wide_vectors()
     n = 0
     for j in range(block.size):
         n += 1 if widen(block[j]) > pivot else 0
@@ -323,6 +330,7 @@ def row_sums(row, with_entropy, count_above, pivot):
     everything else, above 0); a +inf gives a +inf max.  The logarithms are
     left to the caller (``log_stats_table``, over a group's rows).
     """
+    wide_vectors()
     shift = 0.0
     running_max = -np.inf
     ones = 0.0  # terms exp(x_j - c) equal to 1, counted exactly
@@ -452,6 +460,7 @@ def log_stats_table(sums, logs, count, with_entropy):
     PyTorch, while its logsumexp is +inf; an all -inf row gives log s = -inf.
     ``count`` is a multiple of TABLE_STEP, or 1.
     """
+    wide_vectors()
     if count % TABLE_STEP:  # one long row: a view per table row would cost more than the row's logarithms
         for i in range(count):
             (logs[LOG_SHIFT, i], logs[LOG_TOTAL, i], logs[ENTROPY, i],
@@ -505,6 +514,7 @@ def log_prob(value, shift, log_total, input_type):
 @njit(**JIT_OPTIONS)
 def weighted_log_prob_sum(row, coef, shift, log_total, input_type):
     """sum_j coef[j] * log p_j; terms with coef[j] == 0 contribute 0 (0 * log 0 = 0)."""
+    wide_vectors()
     total = 0.0
     for j in range(row.size):
         c = coef[j]
@@ -516,6 +526,7 @@ def weighted_log_prob_sum(row, coef, shift, log_total, input_type):
 @njit(**JIT_OPTIONS)
 def soft_target_sum(row, target, t_offset, t_step, weight, smoothing, shift, log_total, input_type):
     """sum_j w_j y'_j log p_j with y'_j = (1 - eps) y_j + eps / C; zero coefficients add 0."""
+    wide_vectors()
     n = row.size
     uniform = smoothing / n
     keep = 1.0 - smoothing

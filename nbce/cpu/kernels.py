@@ -19,6 +19,7 @@ from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._binary import BLOCK as BINARY_BLOCK, CHUNK as BINARY_CHUNK, block_loss, fill
 from ._bits import prefetch, widen
 from ._normalize import write_normalized
+from ._vectors import wide_vectors
 from ._rows import (
     ABOVE,
     CONFIDENCE,
@@ -186,6 +187,7 @@ def group_stats(base, geom, n_classes, first, picks, with_entropy, count_above, 
     (a flag tested at run time here compiled all four settings, in two
     layouts each, into every kernel).
     """
+    wide_vectors()
     step = geom[0]
     count = picks.size
     width = sums.shape[1]
@@ -216,6 +218,7 @@ def _one_block_rows(base, starts, step, n_classes, picks, order, with_entropy, c
     most ``BLOCK`` entries) into the columns of ``sums``, ROWS_AT_ONCE at a
     time (``_rows.short_rows_sums``); the last places of the last call repeat
     the last row, which leaves every row's sums as they would be beside others."""
+    wide_vectors()
     read = order.size
     if step == 1:
         _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count_above, sums)
@@ -236,6 +239,7 @@ def _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count
     """``_one_block_rows`` for rows of unit class stride: read in place
     (no step to test per row), the rows read next prefetched (rows of at
     most PREFETCH_MAX_BYTES)."""
+    wide_vectors()
     read = order.size
     line = 64 // base.itemsize
     ahead = PREFETCH_AHEAD if n_classes * base.itemsize <= PREFETCH_MAX_BYTES else read
@@ -322,6 +326,7 @@ def softmax_stats_rows(base, geom, n_classes, with_entropy, lse_out, entropy_out
     """Per row: logsumexp, and the softmax entropy when ``with_entropy``."""
     size, groups, spans = group_plan(n_classes, lse_out.size, n_tasks)
     for span in prange(spans):
+        wide_vectors()  # the loop's body is a function of its own
         scratch = span_scratch(size, n_classes)
         for g in span_groups(span, spans, groups):
             first, picks, starts, order, sums, logs = group_scratch(scratch, g, size, lse_out.size)
@@ -348,6 +353,7 @@ def normalize_rows(base, geom, n_classes, exponentiate, out_base, out_geom, in_p
     n_rows = _row_count(out_geom)
     size, groups, spans = group_plan(n_classes, n_rows, n_tasks)
     for span in prange(spans):
+        wide_vectors()  # the loop's body is a function of its own
         scratch = span_scratch(size, n_classes)
         for g in span_groups(span, spans, groups):
             first, picks, starts, order, sums, logs = group_scratch(scratch, g, size, n_rows)
@@ -411,6 +417,7 @@ def class_index_rows(base, geom, n_classes, target, weight, ignore_index, smooth
     step = geom[0]
     size, groups, spans = group_plan(n_classes, loss_out.size, n_tasks)
     for span in prange(spans):
+        wide_vectors()  # the loop's body is a function of its own
         scratch = span_scratch(size, n_classes)
         for g in span_groups(span, spans, groups):
             first, starts, sums, logs = target_group(base, geom, n_classes, scratch, g, size, loss_out.size, target,
@@ -443,6 +450,7 @@ def soft_target_rows(base, geom, n_classes, t_base, t_geom, weight, smoothing, i
     step = geom[0]
     size, groups, spans = group_plan(n_classes, loss_out.size, n_tasks)
     for span in prange(spans):
+        wide_vectors()  # the loop's body is a function of its own
         scratch = span_scratch(size, n_classes)
         for g in span_groups(span, spans, groups):
             first, picks, starts, order, sums, logs = group_scratch(scratch, g, size, loss_out.size)
@@ -473,6 +481,7 @@ def metric_rows(base, geom, n_classes, target, ignore_index, loss_out, rank_out,
     step = geom[0]
     size, groups, spans = group_plan(n_classes, loss_out.size, n_tasks)
     for span in prange(spans):
+        wide_vectors()  # the loop's body is a function of its own
         scratch = span_scratch(size, n_classes)
         for g in span_groups(span, spans, groups):
             first, starts, sums, logs = target_group(base, geom, n_classes, scratch, g, size, loss_out.size, target,
@@ -502,6 +511,7 @@ def _binary_chunk(from_logits, start, stop, length, x_base, x_geom, y_base, y_ge
                   pw_geom, elementwise_out, store):
     """(sum of the losses, count of values outside [0, 1]) of elements [start, stop)
     of the flattened input; see ``_binary``."""
+    wide_vectors()
     xs, ys, ws, ps = x_geom[0], y_geom[0], w_geom[0], pw_geom[0]
     size = min(BINARY_BLOCK, stop - start)
     x_buffer, y_buffer = np.empty(size, x_base.dtype), np.empty(size, y_base.dtype)
@@ -556,6 +566,7 @@ def binary_chunks(from_logits, n_elements, length, x_base, x_geom, y_base, y_geo
     """
     store = elementwise_out.size > 0
     for c in prange(chunk_sum_out.size):
+        wide_vectors()  # the loop's body is a function of its own
         start = np.int64(c) * BINARY_CHUNK
         stop = min(n_elements, start + BINARY_CHUNK)
         chunk_sum_out[c], bad_out[c] = _binary_chunk(from_logits, start, stop, length, x_base, x_geom, y_base,
