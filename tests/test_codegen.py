@@ -142,6 +142,7 @@ def test_four_short_rows_are_summed_in_vectors(dtype):
     assert len(PACKED_FMA_OR_MUL.findall(asm)) >= 24, "the four rows' exponentials did not vectorize"
     assert PACKED_INT_MAX.search(asm), "the four rows' integer-key extrema did not vectorize"
 
+
 # --- vector width (``nbce.cpu._vectors``) ---------------------------------------
 
 def _host_has_avx512():
@@ -194,6 +195,7 @@ def test_every_prange_body_and_row_helper_asks_for_512_bit_vectors():
     backend starts with ``wide_vectors()``, and so does each helper that
     loops over a block or a row's entries."""
     import ast
+    import inspect
     import pathlib
 
     import nbce.cpu
@@ -216,7 +218,7 @@ def test_every_prange_body_and_row_helper_asks_for_512_bit_vectors():
                _rows._block_sums_moment_extrema, _rows._block_sums_split, _rows._count_above, _rows.row_sums,
                _rows.log_stats_table, _binary.logits_losses, _binary.probability_losses, _binary.float64_sum]
     for helper in helpers:
-        tree = ast.parse(__import__("inspect").getsource(helper.py_func))
+        tree = ast.parse(inspect.getsource(helper.py_func))
         assert starts_with_the_call(tree.body[0].body), helper.__name__
 
 

@@ -19,7 +19,6 @@ from .._tally import IGNORED_ROW, UNDEFINED_ROW
 from ._binary import BLOCK as BINARY_BLOCK, CHUNK as BINARY_CHUNK, block_loss, fill
 from ._bits import prefetch, widen
 from ._normalize import write_normalized
-from ._vectors import wide_vectors
 from ._rows import (
     ABOVE,
     CONFIDENCE,
@@ -45,6 +44,7 @@ from ._rows import (
     soft_target_sum,
     weighted_log_prob_sum,
 )
+from ._vectors import wide_vectors
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -247,7 +247,7 @@ def _contiguous_quads(base, starts, n_classes, picks, order, with_entropy, count
     # Rows side by side (a C-ordered batch, none skipped) are prefetched as
     # one run of lines, with no load of a row's offset per row: rows already
     # in cache paid about 2 ns a row for the row-by-row loops (10000×32
-    # float32 logsumexp kernel, one thread: 20.4-21.2 -> 18.6-18.7 ns a row),
+    # float32 logsumexp kernel, one thread: 20.4-21.2 -> 18.6-19.7 ns a row),
     # while rows from memory gain as much from either.  Any other layout
     # would only be prefetched wrongly, never read wrongly.
     side_by_side = starts[order[read - 1]] - first == (read - 1) * n_classes
