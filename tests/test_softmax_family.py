@@ -404,3 +404,24 @@ def test_torch_out_tensors(rng):
         nbce.softmax(x, out=torch.zeros((5, 70), requires_grad=True))
     with pytest.raises(TypeError, match="expected float32"):
         nbce.softmax(x, out=torch.zeros((5, 70), dtype=torch.bfloat16))
+
+
+def _kernel_signatures():
+    from nbce.cpu import kernels
+
+    return {(name, sig) for name, f in vars(kernels).items() for sig in getattr(f, "signatures", ())}
+
+
+@pytest.mark.parametrize("function", ["logsumexp", "log_softmax", "entropy"])
+def test_empty_inputs_reach_the_kernels_read_only_like_the_rest(function):
+    """Empty or not, an input is handed to the kernels as a read-only view: one
+    compiled specialization per dtype, not two (each costs seconds of
+    compilation on first use)."""
+    from nbce import _arrays
+
+    empty = np.ones((0, 5), np.float32)
+    assert empty.flags.writeable and not _arrays.as_rows(empty, -1).base.flags.writeable
+    getattr(nbce, function)(np.ones((2, 5), np.float32))
+    known = _kernel_signatures()
+    assert getattr(nbce, function)(empty).shape[0] == 0
+    assert _kernel_signatures() == known
