@@ -217,8 +217,9 @@ def row_layout(shape, strides, axis, itemsize):
 def _strided_rows(array, axis, writeable):
     batch_shape, length, step, shape, strides = row_layout(array.shape, array.strides, axis, array.itemsize)
     if array.size == 0:
-        # Read-only as below: the kernels are compiled once per dtype, and a
-        # writable empty input would cost a specialization of its own.
+        # Flagged as below (inputs read-only, outputs writable): the kernels are
+        # compiled once per dtype, and a writable empty input would cost a
+        # specialization of its own.
         base = np.empty(0, dtype=array.dtype)
         base.flags.writeable = writeable
     elif type(array) is np.ndarray and array.flags.c_contiguous:

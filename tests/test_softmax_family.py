@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import nbce
+from nbce import _arrays
+from nbce.cpu import kernels
 from conftest import FLOAT_DTYPES, assert_close, make_logits, np_dtype
 import reference as ref
 
@@ -407,8 +409,6 @@ def test_torch_out_tensors(rng):
 
 
 def _kernel_signatures():
-    from nbce.cpu import kernels
-
     return {(name, sig) for name, f in vars(kernels).items() for sig in getattr(f, "signatures", ())}
 
 
@@ -417,8 +417,6 @@ def test_empty_inputs_reach_the_kernels_read_only_like_the_rest(function):
     """Empty or not, an input is handed to the kernels as a read-only view: one
     compiled specialization per dtype, not two (each costs seconds of
     compilation on first use)."""
-    from nbce import _arrays
-
     empty = np.ones((0, 5), np.float32)
     assert empty.flags.writeable and not _arrays.as_rows(empty, -1).base.flags.writeable
     getattr(nbce, function)(np.ones((2, 5), np.float32))
